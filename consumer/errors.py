@@ -1,0 +1,33 @@
+"""The project's errors: each says whether retrying can help."""
+
+from __future__ import annotations
+
+
+class ConsumerError(Exception):
+    """Base error. `retriable` tells the worker whether to retry (infrastructure) or not."""
+
+    retriable: bool = False
+
+
+class ConfigurationError(ConsumerError):
+    """A setting is missing or wrong; the message names the variable and the fix."""
+
+
+class StoreUnavailable(ConsumerError):
+    """The database cannot be reached or timed out; retry with backoff."""
+
+    retriable = True
+
+
+class BrokerUnavailable(ConsumerError):
+    """The Kafka broker cannot be reached or timed out; retry with backoff."""
+
+    retriable = True
+
+
+class Fenced(ConsumerError):
+    """Another replica now owns the partition; this one must drop its batch, not retry it."""
+
+
+class RecordError(ConsumerError):
+    """Processing one record failed for a reason that is not infrastructure."""
