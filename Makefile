@@ -1,0 +1,50 @@
+# loyalty-consumer developer commands. `make test` is what CI runs (via .ci/run).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: all install lint typecheck test pytest kafka-up kafka-down pg-up pg-down demo bench bench-quick chaos schemas clean
+
+all: test
+
+$(BIN)/loyalty-consumer: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(BIN)/loyalty-consumer
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+# Sets everything up, starts the services the tests need, runs lint, type check and
+# every test, and stops what it started.
+test: install
+	bash scripts/test.sh
+
+# Only pytest, against services you started yourself (make kafka-up pg-up).
+pytest: install
+	$(BIN)/pytest $(ARGS)
+
+kafka-up:
+	bash scripts/kafka.sh up
+
+kafka-down:
+	bash scripts/kafka.sh down
+
+pg-up:
+	@bash scripts/pg.sh up
+
+pg-down:
+	bash scripts/pg.sh down
+
+clean:
+	bash scripts/kafka.sh down
+	bash scripts/pg.sh down
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The README's test command: start what the tests need, run lint, types and every test,
+# then stop what this script started (services that were already up stay up).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+BIN=.venv/bin
+
+started_kafka=0
+started_pg=0
+cleanup() {
+  local rc=$?
+  if [ "$started_kafka" = 1 ]; then bash scripts/kafka.sh down || true; fi
+  if [ "$started_pg" = 1 ]; then bash scripts/pg.sh down || true; fi
+  exit $rc
+}
+trap cleanup EXIT
+
+echo "== lint"
+$BIN/ruff check .
+$BIN/ruff format --check .
+echo "== type check (mypy --strict)"
+$BIN/mypy
+
+if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  if ! bash scripts/kafka.sh status 2>/dev/null; then started_kafka=1; fi
+  bash scripts/kafka.sh up
+  export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${KAFKA_PORT:-9092}"
+fi
+if [ -z "${TEST_DATABASE_URL:-}" ]; then
+  if ! bash scripts/pg.sh status >/dev/null 2>&1; then started_pg=1; fi
+  TEST_DATABASE_URL="$(DATABASE_URL= bash scripts/pg.sh up)"
+  export TEST_DATABASE_URL
+fi
+
+echo "== tests"
+$BIN/pytest "$@"

@@ -1,0 +1,102 @@
+"""Shared fixtures: a real Kafka broker, a real PostgreSQL, fresh topics and databases per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tests import services
+
+TopicFactory = Callable[..., Awaitable[str]]
+
+
+def _unavailable(what: str, exc: BaseException) -> None:
+    """In CI a missing service fails the run; on a laptop it is a loud skip."""
+    message = f"{what} is not available: {exc}"
+    if services.in_ci():
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    try:
+        with services.kafka_bootstrap() as bootstrap:
+            yield bootstrap
+    except RuntimeError as exc:
+        _unavailable("Kafka", exc)
+
+
+@pytest.fixture(scope="session")
+async def kafka_admin(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def new_topic(kafka_admin: AIOKafkaAdminClient) -> TopicFactory:
+    """Create a fresh topic; the name is unique per call so tests never share data."""
+
+    async def create(stem: str = "t", partitions: int = 1) -> str:
+        name = f"{stem}-{uuid.uuid4().hex[:12]}"
+        await kafka_admin.create_topics(
+            [NewTopic(name=name, num_partitions=partitions, replication_factor=1)]
+        )
+        return name
+
+    return create
+
+
+@pytest.fixture
+async def topic(new_topic: TopicFactory) -> str:
+    return await new_topic("topic")
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    try:
+        with services.postgres_url() as url:
+            yield url
+    except RuntimeError as exc:
+        _unavailable("PostgreSQL", exc)
+
+
+@pytest.fixture
+async def postgres_url(postgres_server_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database on the test server, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(postgres_server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base, _, _ = postgres_server_url.rpartition("/")
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(postgres_server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'loyalty.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Runs a test once per store backend, each on a fresh database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'loyalty.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
