@@ -13,10 +13,22 @@ class ConfigurationError(ConsumerError):
     """A setting is missing or wrong; the message names the variable and the fix."""
 
 
-class StoreUnavailable(ConsumerError):
+class StoreError(ConsumerError):
+    """The database refused an operation for a reason that retrying cannot fix."""
+
+
+class StoreUnavailable(StoreError):
     """The database cannot be reached or timed out; retry with backoff."""
 
     retriable = True
+
+
+class StoreConflict(StoreUnavailable):
+    """Concurrent transactions collided (deadlock, serialization failure); retry the batch."""
+
+
+class SchemaOutOfDate(StoreError):
+    """The database schema is older than the code; migrations must run first."""
 
 
 class BrokerUnavailable(ConsumerError):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
+
+from consumer.errors import StoreError
+from consumer.store.schema import MigrationReport
+
+OutcomeKind = Literal["applied", "replay", "duplicate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +36,31 @@ class LedgerEntry:
     occurred_at: datetime  # transaction.created_at: orders snapshots of the card
     source: SourceOffset
 
+    def __post_init__(self) -> None:
+        # A naive time would be read as UTC by one backend and as local time by another,
+        # and the newest-snapshot rule would then differ between them.
+        if self.occurred_at.utcoffset() is None:
+            raise ValueError("LedgerEntry.occurred_at must carry a time zone")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry(LedgerEntry):
+    """A ledger row as stored: the entry that first applied it, and when."""
+
+    applied_at: datetime
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What the store decided for one entry of a batch."""
 
     entry: LedgerEntry
-    kind: str  # "applied" (new), "replay" (same source as stored), "duplicate" (other source)
+    kind: OutcomeKind  # "applied" (new), "replay" (same source as stored), "duplicate" (other)
+
+    @property
+    def notifies(self) -> bool:
+        """A replay re-emits: the Kafka transaction of the first attempt was never committed."""
+        return self.kind != "duplicate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,17 +68,133 @@ class CardState:
     """Per-card state derived from the ledger."""
 
     voucher_id: str
-    activated_points: int
-    reported_balance: int
+    activated_points: int  # the sum of the points of the entries we applied
+    reported_balance: int  # Voucherify's figures, from the newest transaction seen
     reported_pending: int
     last_transaction_id: str
     last_transaction_at: datetime
+
+    @property
+    def drift(self) -> int:
+        """Voucherify's balance minus ours: a reconciliation signal, not an error."""
+        return self.reported_balance - self.activated_points
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """The outcome of each entry in input order, and every touched card after the batch."""
+
+    outcomes: tuple[Outcome, ...]
+    cards: tuple[CardState, ...]  # sorted by voucher id
+
+    def count(self, kind: OutcomeKind) -> int:
+        return sum(1 for outcome in self.outcomes if outcome.kind == kind)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCounts:
+    """Totals for tests, the demo and the accounting check: points in the ledger == on cards."""
+
+    ledger_entries: int
+    ledger_points: int
+    cards: int
+    activated_points: int
 
 
 class Store(Protocol):
     """A backend. `apply_batch` runs in one database transaction."""
 
-    async def apply_batch(self, entries: Sequence[LedgerEntry]) -> list[Outcome]: ...
+    async def migrate(self) -> MigrationReport:
+        """Apply the pending migrations in order, each in its own transaction; idempotent."""
+        ...
+
+    async def schema_version(self) -> int: ...
+
+    async def apply_batch(self, entries: Sequence[LedgerEntry]) -> BatchResult:
+        """Record the new entries and update their cards, all or nothing."""
+        ...
+
     async def card(self, voucher_id: str) -> CardState | None: ...
-    async def ping(self) -> None: ...
-    async def close(self) -> None: ...
+    async def ledger_entry(self, transaction_id: str) -> StoredEntry | None: ...
+    async def counts(self) -> StoreCounts: ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers a trivial query."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; idempotent."""
+        ...
+
+
+# The rules every backend shares, kept pure so that both apply exactly the same semantics.
+
+
+@dataclass(frozen=True, slots=True)
+class CardChange:
+    """What a batch adds to one card: the points it applied and its newest entry."""
+
+    voucher_id: str
+    points: int
+    newest: LedgerEntry
+
+
+def snapshot_order(entry: LedgerEntry) -> tuple[datetime, str]:
+    """Newer snapshots sort later: by occurred_at, ties broken by transaction id."""
+    return (entry.occurred_at, entry.transaction_id)
+
+
+def first_occurrences(entries: Iterable[LedgerEntry]) -> list[LedgerEntry]:
+    """One entry per transaction id (the first seen), sorted by id.
+
+    Every writer takes row locks in that order, so concurrent replicas cannot deadlock.
+    """
+    first: dict[str, LedgerEntry] = {}
+    for entry in entries:
+        first.setdefault(entry.transaction_id, entry)
+    return [first[transaction_id] for transaction_id in sorted(first)]
+
+
+def card_changes(applied: Iterable[LedgerEntry]) -> list[CardChange]:
+    """One change per card, sorted by voucher id (lock order again)."""
+    points: dict[str, int] = {}
+    newest: dict[str, LedgerEntry] = {}
+    for entry in applied:
+        points[entry.voucher_id] = points.get(entry.voucher_id, 0) + entry.points
+        current = newest.get(entry.voucher_id)
+        if current is None or snapshot_order(entry) > snapshot_order(current):
+            newest[entry.voucher_id] = entry
+    return [CardChange(voucher, points[voucher], newest[voucher]) for voucher in sorted(points)]
+
+
+def decide(
+    entries: Sequence[LedgerEntry],
+    applied_ids: set[str],
+    stored_sources: Mapping[str, SourceOffset],
+) -> tuple[Outcome, ...]:
+    """The outcome of each entry, in input order.
+
+    `applied_ids`: transactions this batch inserted. `stored_sources`: the stored source of
+    the others. A repeat of a transaction id within the batch is always a duplicate.
+    """
+    seen: set[str] = set()
+    outcomes: list[Outcome] = []
+    for entry in entries:
+        transaction_id = entry.transaction_id
+        kind: OutcomeKind
+        if transaction_id in seen:
+            kind = "duplicate"
+        elif transaction_id in applied_ids:
+            kind = "applied"
+        elif transaction_id not in stored_sources:
+            raise StoreError(
+                f"ledger entry {transaction_id} was neither inserted nor found; "
+                "was it deleted while the batch ran?"
+            )
+        elif stored_sources[transaction_id] == entry.source:
+            kind = "replay"
+        else:
+            kind = "duplicate"
+        seen.add(transaction_id)
+        outcomes.append(Outcome(entry, kind))
+    return tuple(outcomes)

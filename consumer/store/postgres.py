@@ -1,0 +1,335 @@
+"""The PostgreSQL store: shared by replicas, set-based, a constant number of round trips a batch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
+
+from consumer.errors import StoreConflict, StoreError, StoreUnavailable
+from consumer.store.base import (
+    BatchResult,
+    CardState,
+    LedgerEntry,
+    SourceOffset,
+    StoreCounts,
+    StoredEntry,
+    card_changes,
+    decide,
+    first_occurrences,
+)
+from consumer.store.schema import Dialect, Migration, MigrationReport, migrations
+
+# Connections open on demand: after an outage the worker's own retries reconnect, rather than
+# asyncpg's background floor task logging a traceback on every attempt. A busy worker and its
+# readiness probe keep one connection alive anyway.
+POOL_MIN_SIZE = 0
+POOL_MAX_SIZE = 4  # one batch in flight per replica, plus probes and tools
+CONNECT_TIMEOUT_S = 10.0
+# The client gives up a little after the server would have: a lost network never hangs us.
+STATEMENT_TIMEOUT_MS = 15_000
+COMMAND_TIMEOUT_S = 20.0
+LOCK_TIMEOUT_MS = 10_000
+# A replica paused mid-transaction (GC, a frozen VM) must not hold row locks forever.
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+PING_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 10.0
+MIGRATION_TIMEOUT_S = 3600.0  # client-side bound on one migration, or on waiting for one
+MIGRATION_LOCK = 0x4C6F79616C7479  # "Loyalty": the advisory lock serialising migrations
+
+_CONFLICTS = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+_UNAVAILABLE = (
+    asyncpg.exceptions.PostgresConnectionError,  # class 08: lost or refused connections
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: timeouts, shutdown, starting up
+    asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, disk full
+    asyncpg.exceptions.LockNotAvailableError,  # lock_timeout
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a failover left us on a standby
+    OSError,  # refused, reset, name resolution
+    TimeoutError,  # connect and command timeouts
+)
+_NOT_UNAVAILABLE = (asyncpg.exceptions.ProtocolViolationError,)  # a bug: retrying cannot help
+
+_CREATE_SCHEMA_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+_LEDGER_COLUMNS = """
+transaction_id, voucher_id, customer_id, campaign_id, points, reported_balance,
+reported_pending, occurred_at, source_topic, source_partition, source_offset
+"""
+
+# Rows arrive sorted by transaction id, so concurrent batches lock them in the same order.
+_INSERT_LEDGER = f"""
+INSERT INTO ledger ({_LEDGER_COLUMNS})
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                     $6::bigint[], $7::bigint[], $8::timestamptz[], $9::text[], $10::integer[],
+                     $11::bigint[])
+ON CONFLICT (transaction_id) DO NOTHING
+RETURNING transaction_id
+"""
+
+_STORED_SOURCES = """
+SELECT transaction_id, source_topic, source_partition, source_offset FROM ledger
+WHERE transaction_id = ANY($1::text[])
+"""
+
+_CARD_COLUMNS = """
+voucher_id, activated_points, reported_balance, reported_pending,
+last_transaction_id, last_transaction_at
+"""
+
+_NEWER = """(excluded.last_transaction_at, excluded.last_transaction_id)
+    > (card.last_transaction_at, card.last_transaction_id)"""
+
+# One statement: add the new points to their cards (sorted by voucher id, the lock order),
+# and read the cards this batch touched only through replays and duplicates ($7).
+_UPSERT_CARDS = f"""
+WITH changed AS (
+    INSERT INTO cards AS card ({_CARD_COLUMNS})
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
+                         $6::timestamptz[])
+    ON CONFLICT (voucher_id) DO UPDATE SET
+        activated_points = card.activated_points + excluded.activated_points,
+        reported_balance = CASE WHEN {_NEWER} THEN excluded.reported_balance
+                                ELSE card.reported_balance END,
+        reported_pending = CASE WHEN {_NEWER} THEN excluded.reported_pending
+                                ELSE card.reported_pending END,
+        last_transaction_id = CASE WHEN {_NEWER} THEN excluded.last_transaction_id
+                                   ELSE card.last_transaction_id END,
+        last_transaction_at = CASE WHEN {_NEWER} THEN excluded.last_transaction_at
+                                   ELSE card.last_transaction_at END,
+        updated_at = now()
+    RETURNING {_CARD_COLUMNS}
+)
+SELECT {_CARD_COLUMNS} FROM changed
+UNION ALL
+SELECT {_CARD_COLUMNS} FROM cards WHERE voucher_id = ANY($7::text[])
+"""
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, fit for messages and logs."""
+    url = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+    return re.sub(r"(?i)(password=)[^&]*", r"\1***", url)
+
+
+def _card(row: Any) -> CardState:
+    return CardState(
+        voucher_id=row[0],
+        activated_points=row[1],
+        reported_balance=row[2],
+        reported_pending=row[3],
+        last_transaction_id=row[4],
+        last_transaction_at=row[5],
+    )
+
+
+class PostgresStore:
+    """An asyncpg pool; every batch is one transaction on one pooled connection."""
+
+    dialect: ClassVar[Dialect] = "postgresql"
+
+    def __init__(self, pool: Any, where: str) -> None:
+        self._pool = pool
+        self._where = where
+        self._closed = False
+
+    @classmethod
+    async def connect(cls, dsn: str) -> PostgresStore:
+        where = redacted(dsn)
+        with _translated(where):
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=POOL_MIN_SIZE,
+                max_size=POOL_MAX_SIZE,
+                timeout=CONNECT_TIMEOUT_S,
+                command_timeout=COMMAND_TIMEOUT_S,
+                server_settings={
+                    "application_name": "loyalty-consumer",
+                    "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+                    "lock_timeout": str(LOCK_TIMEOUT_MS),
+                    "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT_MS),
+                },
+            )
+        return cls(pool, where)
+
+    async def migrate(self) -> MigrationReport:
+        applied: list[Migration] = []
+        with self._translated():
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    await self._lock_migrations(conn)
+                    await conn.execute(_CREATE_SCHEMA_MIGRATIONS)
+                for migration in migrations(self.dialect):
+                    if await self._apply_migration(conn, migration):
+                        applied.append(migration)
+                version = await self._schema_version(conn)
+        return MigrationReport(tuple(applied), version)
+
+    @staticmethod
+    async def _lock_migrations(conn: Any) -> None:
+        """Serialise migrations across replicas until this transaction ends."""
+        # Waiting for another replica's migration, or a long index build, is expected here.
+        await conn.execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0")
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK, timeout=MIGRATION_TIMEOUT_S
+        )
+
+    async def _apply_migration(self, conn: Any, migration: Migration) -> bool:
+        async with conn.transaction():
+            await self._lock_migrations(conn)
+            # Re-checked under the lock: another replica may have applied it meanwhile.
+            if await conn.fetchval(
+                "SELECT 1 FROM schema_migrations WHERE version = $1", migration.version
+            ):
+                return False
+            await conn.execute(migration.sql, timeout=MIGRATION_TIMEOUT_S)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+        return True
+
+    async def schema_version(self) -> int:
+        with self._translated():
+            async with self._pool.acquire() as conn:
+                return await self._schema_version(conn)
+
+    @staticmethod
+    async def _schema_version(conn: Any) -> int:
+        if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+            return 0
+        return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+
+    async def apply_batch(self, entries: Sequence[LedgerEntry]) -> BatchResult:
+        if not entries:
+            return BatchResult((), ())
+        unique = first_occurrences(entries)
+        with self._translated():
+            async with self._pool.acquire() as conn, conn.transaction():
+                inserted = await conn.fetch(_INSERT_LEDGER, *_ledger_columns(unique))
+                applied_ids = {row[0] for row in inserted}
+                present = [e.transaction_id for e in unique if e.transaction_id not in applied_ids]
+                stored: dict[str, SourceOffset] = {}
+                if present:
+                    rows = await conn.fetch(_STORED_SOURCES, present)
+                    stored = {row[0]: SourceOffset(row[1], row[2], row[3]) for row in rows}
+                new = [entry for entry in unique if entry.transaction_id in applied_ids]
+                changes = card_changes(new)
+                changed = {change.voucher_id for change in changes}
+                untouched = sorted({entry.voucher_id for entry in entries} - changed)
+                card_rows = await conn.fetch(
+                    _UPSERT_CARDS,
+                    [change.voucher_id for change in changes],
+                    [change.points for change in changes],
+                    [change.newest.reported_balance for change in changes],
+                    [change.newest.reported_pending for change in changes],
+                    [change.newest.transaction_id for change in changes],
+                    [change.newest.occurred_at for change in changes],
+                    untouched,
+                )
+                outcomes = decide(entries, applied_ids, stored)
+        cards = tuple(sorted((_card(row) for row in card_rows), key=lambda c: c.voucher_id))
+        return BatchResult(outcomes, cards)
+
+    async def card(self, voucher_id: str) -> CardState | None:
+        with self._translated():
+            row = await self._pool.fetchrow(
+                f"SELECT {_CARD_COLUMNS} FROM cards WHERE voucher_id = $1", voucher_id
+            )
+        return None if row is None else _card(row)
+
+    async def ledger_entry(self, transaction_id: str) -> StoredEntry | None:
+        with self._translated():
+            row = await self._pool.fetchrow(
+                f"SELECT {_LEDGER_COLUMNS}, applied_at FROM ledger WHERE transaction_id = $1",
+                transaction_id,
+            )
+        if row is None:
+            return None
+        return StoredEntry(
+            transaction_id=row[0],
+            voucher_id=row[1],
+            customer_id=row[2],
+            campaign_id=row[3],
+            points=row[4],
+            reported_balance=row[5],
+            reported_pending=row[6],
+            occurred_at=row[7],
+            source=SourceOffset(row[8], row[9], row[10]),
+            applied_at=row[11],
+        )
+
+    async def counts(self) -> StoreCounts:
+        with self._translated():
+            row = await self._pool.fetchrow(
+                "SELECT (SELECT count(*) FROM ledger),"
+                " (SELECT coalesce(sum(points), 0)::bigint FROM ledger),"
+                " (SELECT count(*) FROM cards),"
+                " (SELECT coalesce(sum(activated_points), 0)::bigint FROM cards)"
+            )
+        return StoreCounts(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+
+    async def ping(self) -> None:
+        with self._translated():
+            async with self._pool.acquire(timeout=PING_TIMEOUT_S) as conn:
+                await conn.fetchval("SELECT 1", timeout=PING_TIMEOUT_S)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            self._pool.terminate()
+
+    def _translated(self) -> contextlib.AbstractContextManager[None]:
+        if self._closed:
+            raise StoreError("the PostgreSQL store is closed")
+        return _translated(self._where)
+
+
+def _ledger_columns(entries: Sequence[LedgerEntry]) -> list[list[Any]]:
+    return [
+        [e.transaction_id for e in entries],
+        [e.voucher_id for e in entries],
+        [e.customer_id for e in entries],
+        [e.campaign_id for e in entries],
+        [e.points for e in entries],
+        [e.reported_balance for e in entries],
+        [e.reported_pending for e in entries],
+        [e.occurred_at for e in entries],
+        [e.source.topic for e in entries],
+        [e.source.partition for e in entries],
+        [e.source.offset for e in entries],
+    ]
+
+
+@contextlib.contextmanager
+def _translated(where: str) -> Iterator[None]:
+    """asyncpg's errors in the project's terms: retriable or not, decided by class."""
+    try:
+        yield
+    except _CONFLICTS as exc:
+        raise StoreConflict(f"PostgreSQL at {where}: {type(exc).__name__}: {exc}") from exc
+    except _NOT_UNAVAILABLE as exc:
+        raise StoreError(f"PostgreSQL at {where}: {type(exc).__name__}: {exc}") from exc
+    except _UNAVAILABLE as exc:
+        raise StoreUnavailable(
+            f"PostgreSQL at {where} is unavailable: {type(exc).__name__}: {exc}"
+        ) from exc
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StoreError(f"PostgreSQL at {where} refused: {type(exc).__name__}: {exc}") from exc
