@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import click
 
 from consumer import __version__
+from consumer.asyncapi import asyncapi_json
 from consumer.errors import ConsumerError
+from consumer.events import (
+    TARGET_EVENT_TYPE,
+    Apply,
+    Invalid,
+    Skip,
+    Verdict,
+    classify,
+    input_json_schema,
+)
+from consumer.notifications import output_json_schema
 from consumer.store import run_migrations
 
 
@@ -35,3 +47,67 @@ def migrate(database_url: str) -> None:
     for migration in report.applied:
         click.echo(f"applied migration {migration.version:04d}_{migration.name}")
     click.echo(f"schema version {report.version}")
+
+
+@main.command()
+@click.argument("which", type=click.Choice(["input", "output", "asyncapi"]))
+def schema(which: str) -> None:
+    """Print the JSON Schema of the input or the output, or the AsyncAPI document."""
+    if which == "asyncapi":
+        click.echo(asyncapi_json(), nl=False)
+        return
+    document = input_json_schema() if which == "input" else output_json_schema()
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file, one per line.")
+def validate(files: tuple[str, ...], as_json: bool) -> None:
+    """Say what the worker would do with each FILE (`-` is stdin): apply, skip or invalid.
+
+    Exit status: 0 when no file is invalid, 1 when one is, 2 when a file cannot be read.
+    """
+    # Read everything first so that an unreadable file stops the run before any verdict.
+    payloads = [(name, _read_payload(name)) for name in files]
+    any_invalid = False
+    for name, value in payloads:
+        verdict = classify(value)
+        any_invalid = any_invalid or isinstance(verdict, Invalid)
+        click.echo(_verdict_json(name, verdict) if as_json else _verdict_text(name, verdict))
+    if any_invalid:
+        raise SystemExit(1)
+
+
+def _read_payload(name: str) -> bytes:
+    try:
+        with click.open_file(name, "rb") as handle:
+            payload: bytes = handle.read()
+    except OSError as exc:
+        raise click.UsageError(f"cannot read {name}: {exc.strerror}") from None
+    return payload
+
+
+def _verdict_json(name: str, verdict: Verdict) -> str:
+    summary: dict[str, object] = {
+        "file": name,
+        "verdict": verdict.name,
+        "event_type": None,
+        "transaction_id": None,
+        "errors": [],
+    }
+    if isinstance(verdict, Apply):
+        summary.update(event_type=TARGET_EVENT_TYPE, transaction_id=verdict.transaction_id)
+    elif isinstance(verdict, Skip):
+        summary["event_type"] = verdict.event_type
+    else:
+        summary["errors"] = verdict.reasons
+    return json.dumps(summary, ensure_ascii=False)
+
+
+def _verdict_text(name: str, verdict: Verdict) -> str:
+    if isinstance(verdict, Apply):
+        return f"{name}: apply (transaction {verdict.transaction_id})"
+    if isinstance(verdict, Invalid):
+        return "\n".join([f"{name}: invalid", *(f"    {reason}" for reason in verdict.reasons)])
+    return f"{name}: skip ({verdict.event_type})"

@@ -1,0 +1,709 @@
+"""Input contract: Voucherify webhook models and the per-record verdict (apply, skip or invalid)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Final
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+__all__ = [
+    "ACTIVATION_TRANSACTION_TYPE",
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "TARGET_EVENT_TYPE",
+    "Activation",
+    "Apply",
+    "Invalid",
+    "PendingPointsActivatedData",
+    "Skip",
+    "Verdict",
+    "WebhookEnvelope",
+    "classify",
+    "input_json_schema",
+]
+
+TARGET_EVENT_TYPE: Final = "voucher.loyalty_card.pending_points.activated"
+ACTIVATION_TRANSACTION_TYPE: Final = "PENDING_POINTS_ACTIVATION"
+
+# Real payloads are ~6 KB; the limits only stop garbage from costing memory or the C stack.
+MAX_BYTES: Final = 1024 * 1024
+MAX_DEPTH: Final = 64
+INT64_MAX: Final = 2**63 - 1
+
+# Bounds what a skipped event type can add to logs and metric labels.
+_MAX_EVENT_TYPE_CHARS: Final = 200
+_MAX_SHOWN_CHARS: Final = 60
+_MAX_INT_DIGITS: Final = sys.get_int_max_str_digits()
+
+# Vendor enum of loyalty-card transaction types (pending-points-activated.data.schema.json).
+_LOYALTY_TRANSACTION_TYPES: Final = frozenset(
+    {
+        "PENDING_POINTS_ACTIVATION",
+        "POINTS_ACCRUAL",
+        "POINTS_REDEMPTION",
+        "POINTS_REFUND",
+        "POINTS_ADDITION",
+        "POINTS_REMOVAL",
+        "POINTS_EXPIRATION",
+        "POINTS_TRANSFER_IN",
+        "POINTS_TRANSFER_OUT",
+    }
+)
+_EVENT_BY_TRANSACTION_TYPE: Final = {
+    "POINTS_ADDITION": "voucher.loyalty_card.points_added",
+    "POINTS_EXPIRATION": "voucher.loyalty_card.points_expired",
+}
+_ACCEPTED_SHAPES: Final = (
+    "expected a Voucherify webhook envelope (an object with a string `type` and an object "
+    "`data`) or the bare `data` object of a loyalty-card event (an object with `transaction`, "
+    "`voucher`, `customer` or `campaign` objects)"
+)
+
+
+# --------------------------------------------------------------------------- field types
+#
+# Plain validators rather than pydantic's strict types: the messages are the contract the
+# bridge team reads in dead letters, so each names what was expected and what was found.
+
+
+def _show(value: object) -> str:
+    """A short, header-safe rendering of an offending value (ASCII; long values truncated)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"an integer of {len(str(abs(value)))} digits"
+    shown = json.dumps(value, ensure_ascii=True)
+    if len(shown) > _MAX_SHOWN_CHARS:
+        shown = shown[: _MAX_SHOWN_CHARS - 1] + "…"
+    return shown
+
+
+def _reject(kind: str, message: str, value: object) -> PydanticCustomError:
+    return PydanticCustomError(kind, message + ", got {got}", {"got": _show(value)})
+
+
+def _non_empty_string(value: object) -> str:
+    if type(value) is str and value:
+        return value
+    raise _reject("non_empty_string", "must be a non-empty string", value)
+
+
+def _integer_within(low: int) -> PlainValidator:
+    def check(value: object) -> int:
+        # type() rather than isinstance(): a JSON true must not count as the integer 1.
+        if type(value) is not int or value < low:
+            raise _reject("integer_range", f"must be an integer ≥ {low}", value)
+        if value > INT64_MAX:
+            raise _reject(
+                "integer_range", f"must be an integer ≤ {INT64_MAX} (signed 64-bit)", value
+            )
+        return value
+
+    return PlainValidator(check)
+
+
+def _optional_amount(value: object) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or not -INT64_MAX - 1 <= value <= INT64_MAX:
+        raise _reject("amount", "must be a signed 64-bit integer or null", value)
+    return value
+
+
+def _timestamp(value: object) -> datetime:
+    expected = "must be an ISO 8601 date-time with a timezone, e.g. 2025-01-08T14:08:34.127Z"
+    if type(value) is not str:
+        raise _reject("timestamp", expected, value)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise _reject("timestamp", expected, value) from None
+    if parsed.utcoffset() is None:
+        # Without an offset the instant is unknown, and the newest-snapshot rule needs instants.
+        raise _reject("timestamp", "must carry a timezone (Z or ±hh:mm)", value)
+    try:
+        # Normalised here so that every later use compares and prints instants in UTC.
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise _reject("timestamp", "must fall within years 1-9999 in UTC", value) from None
+
+
+def _optional_timestamp(value: object) -> datetime | None:
+    return None if value is None else _timestamp(value)
+
+
+def _exactly(expected: str) -> PlainValidator:
+    def check(value: object) -> str:
+        if value != expected or type(value) is not str:
+            raise _reject("constant", f"must be {json.dumps(expected)}", value)
+        return value
+
+    return PlainValidator(check)
+
+
+def _anything(value: object) -> object:
+    return value
+
+
+Id = Annotated[
+    str,
+    PlainValidator(_non_empty_string),
+    WithJsonSchema({"type": "string", "minLength": 1}),
+]
+Points = Annotated[
+    int,
+    _integer_within(1),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": INT64_MAX}),
+]
+Count = Annotated[
+    int,
+    _integer_within(0),
+    WithJsonSchema({"type": "integer", "minimum": 0, "maximum": INT64_MAX}),
+]
+Amount = Annotated[
+    int | None,
+    PlainValidator(_optional_amount),
+    WithJsonSchema({"type": ["integer", "null"], "minimum": -INT64_MAX - 1, "maximum": INT64_MAX}),
+]
+Timestamp = Annotated[
+    datetime,
+    PlainValidator(_timestamp),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+OptionalTimestamp = Annotated[
+    datetime | None,
+    PlainValidator(_optional_timestamp),
+    WithJsonSchema({"type": ["string", "null"], "format": "date-time"}),
+]
+# Vendor fields typed "string" are null in real payloads (README "Known defects").
+Text = str | None
+# Free-form or unused sections: documented in the schema, never a reason to reject.
+Opaque = Annotated[object, PlainValidator(_anything), WithJsonSchema({})]
+
+
+# --------------------------------------------------------------------------- input models
+
+
+class _Section(BaseModel):
+    """A part of the payload: unknown fields are ignored, only the modelled ones are checked."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Customer(_Section):
+    """`data.customer`: the card holder."""
+
+    id: Id
+    name: Text = None
+    email: Text = None
+    source_id: Text = None
+
+
+class Campaign(_Section):
+    """`data.campaign`: the loyalty programme."""
+
+    id: Id
+    name: Text = None
+
+
+class LoyaltyCard(_Section):
+    """`data.voucher.loyalty_card`: Voucherify's view of the card after the activation."""
+
+    pending_points: Count = Field(description="Points still pending after this activation.")
+
+
+class Voucher(_Section):
+    """`data.voucher`: the loyalty card."""
+
+    id: Id
+    code: Id
+    loyalty_card: LoyaltyCard
+
+
+class Balance(_Section):
+    """`data.balance`: the card balance after the transaction."""
+
+    balance: Count = Field(description="Points available on the card after the activation.")
+
+
+class Order(_Section):
+    """`data.order`: the order that earned the points, when there is one."""
+
+    id: Text = None
+    amount: Amount = Field(default=None, description="In the smallest currency unit.")
+    metadata: Opaque = Field(default=None, description="Free-form; `currency` is used if a string.")
+
+    @property
+    def currency(self) -> str | None:
+        """`order.metadata.currency`: Voucherify orders carry no currency field of their own."""
+        if isinstance(self.metadata, dict):
+            currency = self.metadata.get("currency")
+            if isinstance(currency, str):
+                return currency
+        return None
+
+
+class EarningRuleSource(_Section):
+    """`earning_rule.source`: the rule's display name."""
+
+    banner: Text = None
+
+
+class EarningRule(_Section):
+    """`earning_rule`: how the points were earned."""
+
+    source: EarningRuleSource | None = None
+
+    @property
+    def banner(self) -> str | None:
+        return None if self.source is None else self.source.banner
+
+
+class TransactionDetails(_Section):
+    """`data.transaction.details`."""
+
+    earning_rule: EarningRule | None = None
+
+
+class Transaction(_Section):
+    """`data.transaction`: the activation itself; its id is the ledger key."""
+
+    id: Id
+    type: Annotated[
+        str,
+        _exactly(ACTIVATION_TRANSACTION_TYPE),
+        WithJsonSchema({"const": ACTIVATION_TRANSACTION_TYPE}),
+    ]
+    voucher_id: Id
+    created_at: Timestamp = Field(description="When the points were activated.")
+    details: TransactionDetails | None = None
+
+
+class PendingPointsDetails(_Section):
+    """`data.pending_points.details`."""
+
+    earning_rule: EarningRule | None = None
+
+
+class PendingPoints(_Section):
+    """`data.pending_points`: the pending-point entry that was activated."""
+
+    points: Points = Field(description="Points activated.")
+    voucher_id: Text = None
+    details: PendingPointsDetails | None = None
+
+
+class PendingPointsActivatedData(_Section):
+    """The `data` object of `voucher.loyalty_card.pending_points.activated`."""
+
+    customer: Customer
+    campaign: Campaign
+    voucher: Voucher
+    balance: Balance
+    order: Order | None = None
+    transaction: Transaction
+    pending_points: PendingPoints
+
+
+class WebhookEnvelope(_Section):
+    """The Voucherify v2024-01-01 webhook envelope of the target event."""
+
+    id: Text = Field(default=None, description="Webhook sendout id (whs_…).")
+    project_id: Text = None
+    created_at: OptionalTimestamp = None
+    type: Annotated[str, _exactly(TARGET_EVENT_TYPE), WithJsonSchema({"const": TARGET_EVENT_TYPE})]
+    data: PendingPointsActivatedData
+    source: Opaque = None
+    event: Opaque = None
+
+
+def input_json_schema() -> dict[str, Any]:
+    """The JSON Schema of an accepted input value: the envelope, or its bare `data`."""
+    envelope = WebhookEnvelope.model_json_schema(ref_template="#/$defs/{model}")
+    definitions: dict[str, Any] = envelope.pop("$defs")
+    definitions["WebhookEnvelope"] = envelope
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "loyalty-consumer input: voucher.loyalty_card.pending_points.activated",
+        "description": (
+            "A Voucherify v2024-01-01 webhook envelope of the target event, or its bare `data` "
+            "object. Other event types share the topic and are skipped. Unknown fields are "
+            "ignored; fields typed string may be null."
+        ),
+        "anyOf": [
+            {"$ref": "#/$defs/WebhookEnvelope"},
+            {"$ref": "#/$defs/PendingPointsActivatedData"},
+        ],
+        "$defs": definitions,
+    }
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """A validated activation: everything the ledger and the notification need, flattened."""
+
+    transaction_id: str
+    voucher_id: str
+    voucher_code: str
+    customer_id: str
+    campaign_id: str
+    points: int  # data.pending_points.points
+    balance: int  # data.balance.balance, after the activation
+    pending_points: int  # data.voucher.loyalty_card.pending_points, still pending
+    activated_at: datetime  # data.transaction.created_at, in UTC
+    campaign_name: str | None
+    order_id: str | None
+    order_amount: int | None
+    order_currency: str | None
+    earning_rule_banner: str | None
+    webhook_id: str | None  # the envelope's id; None for a bare data object
+    # Personal data: kept out of repr() so that logging a verdict cannot leak it.
+    customer_name: str | None = field(repr=False)
+    customer_email: str | None = field(repr=False)
+    customer_source_id: str | None = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    """The record is the target event and valid: record it and notify."""
+
+    activation: Activation
+    name: ClassVar[str] = "apply"
+
+    @property
+    def transaction_id(self) -> str:
+        return self.activation.transaction_id
+
+    @property
+    def webhook_id(self) -> str | None:
+        return self.activation.webhook_id
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Another event type: count it and commit the offset."""
+
+    event_type: str
+    name: ClassVar[str] = "skip"
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """Not processable: dead-letter it. Each reason reads `path: problem, got value`."""
+
+    reasons: list[str]
+    name: ClassVar[str] = "invalid"
+
+    @property
+    def reason(self) -> str:
+        """All reasons on one line, for a dead-letter header."""
+        return "; ".join(self.reasons)
+
+
+Verdict = Apply | Skip | Invalid
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class _Rejected(ValueError):
+    """Raised from the JSON decoder's hooks for input that is valid syntax but not accepted."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Rejected(
+                    f"duplicate key {_show(key)} in a JSON object; "
+                    "keys must be unique (parsers disagree on which value wins)"
+                )
+            seen.add(key)
+    return obj
+
+
+def _non_standard_constant(literal: str) -> float:
+    raise _Rejected(f"{literal} is not JSON; numbers must be finite")
+
+
+def _finite_float(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):
+        raise _Rejected(f"number {_show(literal)} is out of range for a 64-bit float")
+    return number
+
+
+_decoder = json.JSONDecoder(
+    object_pairs_hook=_unique_keys,
+    parse_constant=_non_standard_constant,
+    parse_float=_finite_float,
+)
+
+
+def _deeper_than(document: object, limit: int) -> bool:
+    """Whether containers nest more than `limit` levels: level by level, never recursive."""
+    level: list[Any] = [document] if isinstance(document, dict | list) else []
+    for _ in range(limit):
+        # Comprehensions and exact type checks: this is the hot path for larger payloads.
+        level = [
+            child
+            for node in level
+            for child in (node.values() if type(node) is dict else node)
+            if type(child) is dict or type(child) is list
+        ]
+        if not level:
+            return False
+    return True
+
+
+def _decode(value: bytes | None) -> object | Invalid:
+    """Bytes to a JSON document, or the reason why not. Size is checked before any parsing."""
+    text = _text(value)
+    if isinstance(text, Invalid):
+        return text
+    try:
+        document: object = _decoder.decode(text)
+    except _Rejected as exc:
+        return Invalid([f"value: {exc}"])
+    except json.JSONDecodeError as exc:
+        return Invalid([f"value: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"])
+    except ValueError:
+        # The one other ValueError json raises: Python's guard against quadratic int parsing.
+        return Invalid([f"value: an integer literal is longer than {_MAX_INT_DIGITS} digits"])
+    except RecursionError:
+        return _too_deep()
+    # Each level needs an opening bracket, so few brackets means no walk is needed.
+    if text.count("{") + text.count("[") > MAX_DEPTH and _deeper_than(document, MAX_DEPTH):
+        return _too_deep()
+    return document
+
+
+def _too_deep() -> Invalid:
+    return Invalid([f"value: objects and arrays nest deeper than {MAX_DEPTH} levels"])
+
+
+def _text(value: bytes | None) -> str | Invalid:
+    if value is None:
+        return Invalid(["value: missing (a null Kafka value); " + _ACCEPTED_SHAPES])
+    if not value:
+        return Invalid(["value: empty (zero bytes); " + _ACCEPTED_SHAPES])
+    if len(value) > MAX_BYTES:
+        return Invalid([f"value: {len(value)} bytes exceeds the limit of {MAX_BYTES} bytes"])
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Invalid(
+            [f"value: not UTF-8 ({exc.reason} at byte offset {exc.start}); JSON must be UTF-8"]
+        )
+    if text.startswith("\ufeff"):
+        return Invalid(["value: starts with a UTF-8 byte order mark, which JSON text must not"])
+    return text
+
+
+# --------------------------------------------------------------------------- classification
+#
+# Paths in reasons always start with `data.` for fields of the data object, whether the value
+# was an envelope or the bare data, so the bridge team sees one path for one field.
+
+_OBJECT_ERRORS: Final = frozenset({"model_type", "model_attributes_type", "dict_type"})
+_INFERRED: Final = " (inferred from bare data)"
+_BANNER_PATHS: Final = (
+    "data.transaction.details.earning_rule.source.banner",
+    "data.pending_points.details.earning_rule.source.banner",
+)
+
+
+def classify(value: bytes | None) -> Verdict:
+    """Decide what to do with one Kafka record value. Never raises."""
+    try:
+        document = _decode(value)
+        if isinstance(document, Invalid):
+            return document
+        # Only `\uD800`-`\uDFFF` escapes can smuggle text that cannot be encoded back to UTF-8.
+        may_hold_surrogates = value is not None and (b"\\ud" in value or b"\\uD" in value)
+        return _classify_document(document, may_hold_surrogates)
+    except Exception as exc:  # noqa: BLE001 - the contract is "never raises": a bug must dead-letter one record, not stop a partition
+        return Invalid([f"value: could not be classified ({type(exc).__name__}: a consumer bug)"])
+
+
+def _classify_document(document: object, may_hold_surrogates: bool) -> Verdict:
+    if not isinstance(document, dict):
+        return Invalid([f"value: must be a JSON object, got {_show(document)}; {_ACCEPTED_SHAPES}"])
+    if "data" in document:
+        return _classify_envelope(document, may_hold_surrogates)
+    return _classify_bare(document, may_hold_surrogates)
+
+
+def _classify_envelope(envelope: dict[str, Any], may_hold_surrogates: bool) -> Verdict:
+    if "type" not in envelope:
+        return Invalid(["type: required field is missing; a webhook envelope names its event type"])
+    event_type = envelope["type"]
+    if not isinstance(event_type, str) or not event_type.strip():
+        return Invalid(
+            [f"type: must be a non-empty string naming the event type, got {_show(event_type)}"]
+        )
+    if event_type != TARGET_EVENT_TYPE:
+        return Skip(event_type[:_MAX_EVENT_TYPE_CHARS])
+    try:
+        model = WebhookEnvelope.model_validate(envelope)
+    except ValidationError as exc:
+        return Invalid(_reasons(exc, prefix=""))
+    return _checked(model.data, model.id, may_hold_surrogates)
+
+
+def _classify_bare(data: dict[str, Any], may_hold_surrogates: bool) -> Verdict:
+    transaction = data.get("transaction")
+    transaction_type = transaction.get("type") if isinstance(transaction, dict) else None
+    # A sibling event never has both; a target event with a damaged transaction.type still does.
+    if transaction_type == ACTIVATION_TRANSACTION_TYPE or (
+        "transaction" in data and "pending_points" in data
+    ):
+        try:
+            model = PendingPointsActivatedData.model_validate(data)
+        except ValidationError as exc:
+            return Invalid(_reasons(exc, prefix="data."))
+        return _checked(model, None, may_hold_surrogates)
+    if isinstance(transaction_type, str) and transaction_type:
+        return Skip(_inferred_from_transaction(data, transaction_type))
+    if any(isinstance(data.get(key), dict) for key in ("voucher", "customer", "campaign")):
+        if "pending_points" in data or "voucher_pending_points_balance" in data:
+            return Skip("voucher.loyalty_card.pending_points.*" + _INFERRED)
+        return Skip("voucher.loyalty_card.*" + _INFERRED)
+    keys = ", ".join(_show(key) for key in sorted(data)[:10]) or "none"
+    return Invalid([f"value: not a recognised shape (top-level keys: {keys}); {_ACCEPTED_SHAPES}"])
+
+
+def _inferred_from_transaction(data: dict[str, Any], transaction_type: str) -> str:
+    if "holder" in data:
+        return "voucher.loyalty_card.transaction.created" + _INFERRED
+    if transaction_type in _EVENT_BY_TRANSACTION_TYPE:
+        return _EVENT_BY_TRANSACTION_TYPE[transaction_type] + _INFERRED
+    if transaction_type in _LOYALTY_TRANSACTION_TYPES:
+        return f"voucher.loyalty_card.* ({transaction_type} transaction)" + _INFERRED
+    # Arbitrary strings stay out of the label so that skip metrics keep a bounded set of values.
+    return "voucher.* (non-loyalty transaction)" + _INFERRED
+
+
+def _reasons(error: ValidationError, prefix: str) -> list[str]:
+    return [
+        prefix + ".".join(str(part) for part in detail["loc"]) + ": " + _problem(detail)
+        for detail in error.errors(include_url=False)
+    ]
+
+
+def _problem(detail: ErrorDetails) -> str:
+    kind = detail["type"]
+    if kind == "missing":
+        return "required field is missing"
+    if kind in _OBJECT_ERRORS:
+        return f"must be an object, got {_show(detail['input'])}"
+    if kind == "string_type":
+        return f"must be a string or null, got {_show(detail['input'])}"
+    # The field types above phrase their own messages in this same form.
+    return detail["msg"]
+
+
+def _checked(
+    data: PendingPointsActivatedData, webhook_id: str | None, may_hold_surrogates: bool
+) -> Apply | Invalid:
+    """Cross-field checks that one model field cannot make, then the verdict."""
+    voucher_id = data.voucher.id
+    reasons = []
+    if data.transaction.voucher_id != voucher_id:
+        reasons.append(
+            f"data.transaction.voucher_id: must equal data.voucher.id {_show(voucher_id)}, "
+            f"got {_show(data.transaction.voucher_id)}"
+        )
+    pending_voucher_id = data.pending_points.voucher_id
+    if pending_voucher_id is not None and pending_voucher_id != voucher_id:
+        reasons.append(
+            f"data.pending_points.voucher_id: must equal data.voucher.id {_show(voucher_id)}, "
+            f"got {_show(pending_voucher_id)}"
+        )
+    banner_path, banner = _banner(data)
+    if may_hold_surrogates:
+        reasons.extend(_unencodable(data, webhook_id, banner_path, banner))
+    if reasons:
+        return Invalid(reasons)
+    order = data.order
+    return Apply(
+        Activation(
+            transaction_id=data.transaction.id,
+            voucher_id=voucher_id,
+            voucher_code=data.voucher.code,
+            customer_id=data.customer.id,
+            campaign_id=data.campaign.id,
+            points=data.pending_points.points,
+            balance=data.balance.balance,
+            pending_points=data.voucher.loyalty_card.pending_points,
+            activated_at=data.transaction.created_at,
+            campaign_name=data.campaign.name,
+            order_id=None if order is None else order.id,
+            order_amount=None if order is None else order.amount,
+            order_currency=None if order is None else order.currency,
+            earning_rule_banner=banner,
+            webhook_id=webhook_id,
+            customer_name=data.customer.name,
+            customer_email=data.customer.email,
+            customer_source_id=data.customer.source_id,
+        )
+    )
+
+
+def _banner(data: PendingPointsActivatedData) -> tuple[str, str | None]:
+    """The earning rule's banner: the transaction's copy first, the pending entry's second."""
+    details = data.transaction.details
+    if details is not None and details.earning_rule is not None:
+        banner = details.earning_rule.banner
+        if banner is not None:
+            return _BANNER_PATHS[0], banner
+    pending_details = data.pending_points.details
+    if pending_details is not None and pending_details.earning_rule is not None:
+        return _BANNER_PATHS[1], pending_details.earning_rule.banner
+    return _BANNER_PATHS[1], None
+
+
+def _unencodable(
+    data: PendingPointsActivatedData, webhook_id: str | None, banner_path: str, banner: str | None
+) -> list[str]:
+    """Fields passed on downstream that hold lone surrogates, which no UTF-8 encoder accepts."""
+    order = data.order
+    passed_on = {
+        "id": webhook_id,
+        "data.transaction.id": data.transaction.id,
+        "data.voucher.id": data.voucher.id,
+        "data.voucher.code": data.voucher.code,
+        "data.customer.id": data.customer.id,
+        "data.customer.name": data.customer.name,
+        "data.customer.email": data.customer.email,
+        "data.customer.source_id": data.customer.source_id,
+        "data.campaign.id": data.campaign.id,
+        "data.campaign.name": data.campaign.name,
+        "data.order.id": None if order is None else order.id,
+        "data.order.metadata.currency": None if order is None else order.currency,
+        banner_path: banner,
+    }
+    reasons = []
+    for path, text in passed_on.items():
+        if text is None:
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            reasons.append(
+                f"{path}: contains an unpaired UTF-16 surrogate escape (\\uD800-\\uDFFF)"
+            )
+    return reasons
