@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from typing import NoReturn
 
 import click
 
-from consumer import __version__
+from consumer import __version__, logs
 from consumer.asyncapi import asyncapi_json
-from consumer.errors import ConsumerError
+from consumer.config import Settings, load_settings
+from consumer.errors import ConfigurationError, ConsumerError
 from consumer.events import (
     TARGET_EVENT_TYPE,
     Apply,
@@ -20,6 +23,8 @@ from consumer.events import (
     input_json_schema,
 )
 from consumer.notifications import output_json_schema
+from consumer.ops import check_dependencies, publish_records
+from consumer.service import run_worker
 from consumer.store import run_migrations
 
 
@@ -29,24 +34,71 @@ def main() -> None:
     """Voucherify pending-points activations, from Kafka to balances and notifications."""
 
 
-@main.command()
-@click.option(
-    "--database-url",
-    envvar="DATABASE_URL",
-    default="sqlite:///loyalty.db",
-    show_default=True,
-    show_envvar=True,
-    help="The store to migrate.",
-)
-def migrate(database_url: str) -> None:
-    """Apply the pending schema migrations to the store, then exit."""
+def _settings() -> Settings:
+    """The settings from the environment, or exit 2 with what to fix."""
     try:
-        report = asyncio.run(run_migrations(database_url))
+        return load_settings()
+    except ConfigurationError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    """One readable line for an expected failure, never a traceback."""
+    raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Stop by itself once the input is drained.")
+def run(once: bool) -> None:
+    """Consume the input topic until SIGTERM/SIGINT (or until drained with --once)."""
+    settings = _settings()
+    logs.configure(settings.log_format, settings.log_level)
+    try:
+        asyncio.run(run_worker(settings, once=once))
     except ConsumerError as exc:
-        raise click.ClickException(" ".join(str(exc).split())) from None
-    for migration in report.applied:
-        click.echo(f"applied migration {migration.version:04d}_{migration.name}")
-    click.echo(f"schema version {report.version}")
+        _fail(exc)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--topic", help="Target topic (default: INPUT_TOPIC).")
+@click.option("--key", help="Record key (default: none).")
+@click.option("--partition", type=int, help="Target partition (default: by key).")
+def publish(
+    files: tuple[str, ...], topic: str | None, key: str | None, partition: int | None
+) -> None:
+    """Publish each FILE's bytes, unchanged, as one record (what the bridge does)."""
+    settings = _settings()
+    payloads = [(name, _read_bytes(name)) for name in files]
+    try:
+        placed = asyncio.run(
+            publish_records(settings, topic or settings.input_topic, payloads, key, partition)
+        )
+    except ConsumerError as exc:
+        _fail(exc)
+    for name, (part, offset) in zip(files, placed, strict=True):
+        click.echo(f"published {name} -> {topic or settings.input_topic}[{part}]@{offset}")
+
+
+def _read_bytes(name: str) -> bytes:
+    try:
+        if name == "-":
+            return sys.stdin.buffer.read()
+        with open(name, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise click.UsageError(f"cannot read {name}: {exc.strerror}") from None
+
+
+@main.command()
+def check() -> None:
+    """Exit 0 when the configuration is valid and Kafka and the store are reachable."""
+    settings = _settings()
+    problems = asyncio.run(check_dependencies(settings))
+    for line in problems.report:
+        click.echo(line)
+    if problems.failed:
+        raise SystemExit(1)
 
 
 @main.command()
@@ -111,3 +163,23 @@ def _verdict_text(name: str, verdict: Verdict) -> str:
     if isinstance(verdict, Invalid):
         return "\n".join([f"{name}: invalid", *(f"    {reason}" for reason in verdict.reasons)])
     return f"{name}: skip ({verdict.event_type})"
+
+
+@main.command()
+@click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    default="sqlite:///loyalty.db",
+    show_default=True,
+    show_envvar=True,
+    help="The store to migrate.",
+)
+def migrate(database_url: str) -> None:
+    """Apply the pending schema migrations to the store, then exit."""
+    try:
+        report = asyncio.run(run_migrations(database_url))
+    except ConsumerError as exc:
+        raise click.ClickException(" ".join(str(exc).split())) from None
+    for migration in report.applied:
+        click.echo(f"applied migration {migration.version:04d}_{migration.name}")
+    click.echo(f"schema version {report.version}")

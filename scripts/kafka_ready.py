@@ -16,7 +16,9 @@ METADATA_VERSION = 4  # oldest version Kafka 4.x still serves; not flexible, so 
 
 def _metadata_request(correlation_id: int) -> bytes:
     client_id = b"kafka-ready"
-    header = struct.pack(">hhih", METADATA_API_KEY, METADATA_VERSION, correlation_id, len(client_id))
+    header = struct.pack(
+        ">hhih", METADATA_API_KEY, METADATA_VERSION, correlation_id, len(client_id)
+    )
     # topics: null array (-1) means "all topics"; allow_auto_topic_creation: false
     body = struct.pack(">ib", -1, 0)
     payload = header + client_id + body

@@ -11,6 +11,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests import services
+from tests.workers import Topics
 
 TopicFactory = Callable[..., Awaitable[str]]
 
@@ -94,9 +95,19 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Runs a test once per store backend, each on a fresh database."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'loyalty.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+async def topics(new_topic: TopicFactory) -> Topics:
+    """Input (3 partitions), notification and dead-letter topics, fresh for each test."""
+    return Topics(
+        input=await new_topic("in", partitions=3),
+        notifications=await new_topic("notify"),
+        dead_letters=await new_topic("dlq"),
+    )

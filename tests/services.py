@@ -1,4 +1,4 @@
-"""Where the tests find Kafka and PostgreSQL: explicit URL, then testcontainers, then local scripts."""
+"""Where tests find Kafka and PostgreSQL: explicit address, testcontainers, or our scripts."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ def docker_engine_answers() -> bool:
     if os.environ.get("TESTS_NO_DOCKER"):
         return False
     try:
-        import docker  # type: ignore[import-untyped]  # comes with testcontainers
+        import docker  # comes with testcontainers
 
         client = docker.from_env(timeout=3)
         ok = bool(client.ping())
         client.close()
-    except Exception:  # noqa: BLE001  any failure means "no engine here"
+    except Exception:  # any failure means "no engine here"
         return False
     return ok
 
@@ -40,7 +40,9 @@ def _run_script(*args: str) -> str:
         timeout=600,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"scripts/{args[0]} {' '.join(args[1:])} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(
+            f"scripts/{args[0]} {' '.join(args[1:])} failed:\n{result.stderr[-3000:]}"
+        )
     return result.stdout.strip()
 
 

@@ -1,0 +1,126 @@
+"""The one settings model: every knob comes from an environment variable, validated at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from consumer.errors import ConfigurationError
+
+DeliveryMode = Literal["exactly-once", "at-least-once"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class Settings(BaseSettings):
+    """Worker configuration. Field `foo_bar` is read from the variable `FOO_BAR`."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", min_length=1)
+    database_url: str = Field("sqlite:///loyalty.db", min_length=1)
+    input_topic: str = Field("voucherify.webhooks", min_length=1)
+    notification_topic: str = Field("loyalty.notifications", min_length=1)
+    dead_letter_topic: str = Field("voucherify.webhooks.dlq", min_length=1)
+    consumer_group: str = Field("loyalty-consumer", min_length=1)
+    transactional_id_prefix: str = Field("loyalty-consumer", min_length=1)
+    client_id: str = Field("loyalty-consumer", min_length=1)
+
+    batch_max_records: int = Field(500, ge=1, le=100_000)
+    batch_max_wait_ms: int = Field(100, ge=0, le=60_000)
+    delivery_mode: DeliveryMode = "exactly-once"
+    max_record_attempts: int = Field(3, ge=1, le=100)
+    retry_initial_s: float = Field(0.2, gt=0, le=60)
+    retry_max_s: float = Field(10.0, gt=0, le=600)
+    retry_attempt_timeout_s: float = Field(30.0, gt=0, le=600)
+    shutdown_timeout_s: float = Field(30.0, gt=0, le=3600)
+    session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100, le=100_000)
+    max_poll_interval_ms: int = Field(300_000, ge=1_000, le=3_600_000)
+    producer_linger_ms: int = Field(5, ge=0, le=10_000)
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+
+    http_port: int = Field(8000, ge=0, le=65_535)
+    http_host: str = "0.0.0.0"  # noqa: S104  probes and scrapes come from outside the pod
+    stall_timeout_s: float = Field(120.0, gt=0)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    migrate_on_start: bool = False
+    cloudevents_source: str = Field("urn:loyalty-consumer", min_length=1)
+
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: Path | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_keyfile_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _security_is_complete(self) -> Settings:
+        uses_sasl = self.kafka_security_protocol.startswith("SASL_")
+        if uses_sasl:
+            if self.kafka_sasl_mechanism is None:
+                raise ValueError(
+                    "KAFKA_SASL_MECHANISM: required with KAFKA_SECURITY_PROTOCOL="
+                    f"{self.kafka_security_protocol}; set PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+                )
+            if not self.kafka_sasl_username:
+                raise ValueError("KAFKA_SASL_USERNAME: required when SASL is used")
+            if self.kafka_sasl_password is None and self.kafka_sasl_password_file is None:
+                raise ValueError(
+                    "KAFKA_SASL_PASSWORD: required when SASL is used "
+                    "(or KAFKA_SASL_PASSWORD_FILE pointing at a mounted secret)"
+                )
+        if self.kafka_ssl_certfile and not self.kafka_ssl_keyfile:
+            raise ValueError("KAFKA_SSL_KEYFILE: required when KAFKA_SSL_CERTFILE is set")
+        for name in (
+            "kafka_ssl_cafile",
+            "kafka_ssl_certfile",
+            "kafka_ssl_keyfile",
+            "kafka_sasl_password_file",
+        ):
+            path: Path | None = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name.upper()}: no readable file at {path}")
+        if self.retry_initial_s > self.retry_max_s:
+            raise ValueError("RETRY_INITIAL_S: must not exceed RETRY_MAX_S")
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError("HEARTBEAT_INTERVAL_MS: must be at most a third of SESSION_TIMEOUT_MS")
+        return self
+
+    @property
+    def transactional(self) -> bool:
+        return self.delivery_mode == "exactly-once"
+
+    def sasl_password(self) -> str | None:
+        """The SASL password, from the variable or the mounted file (never logged)."""
+        if self.kafka_sasl_password is not None:
+            return self.kafka_sasl_password.get_secret_value()
+        if self.kafka_sasl_password_file is not None:
+            return self.kafka_sasl_password_file.read_text().strip()
+        return None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment; on a bad value raise one error naming every variable at fault."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]).upper()
+            message = error["msg"].removeprefix("Value error, ")
+            value = error.get("input")
+            shown = "" if "PASSWORD" in where or not where else f" (got {value!r})"
+            problems.append(f"{where}: {message}{shown}" if where else message)
+        raise ConfigurationError(
+            "invalid configuration:\n  "
+            + "\n  ".join(problems)
+            + "\nFix the environment variable(s) above and start again."
+        ) from None

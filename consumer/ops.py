@@ -1,0 +1,106 @@
+"""Operator tools: publish payloads by hand and check that the dependencies answer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from consumer import kafka
+from consumer.config import Settings
+from consumer.errors import BrokerUnavailable, ConsumerError
+from consumer.store import open_store
+
+
+async def publish_records(
+    settings: Settings,
+    topic: str,
+    payloads: Sequence[tuple[str, bytes]],
+    key: str | None = None,
+    partition: int | None = None,
+) -> list[tuple[int, int]]:
+    """Send each payload unchanged; return (partition, offset) for each, in order."""
+    producer = kafka.producer(settings)
+    try:
+        await producer.start()
+    except KafkaError as exc:
+        raise BrokerUnavailable(
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}. "
+            "Check KAFKA_BOOTSTRAP_SERVERS."
+        ) from None
+    placed = []
+    try:
+        for _name, value in payloads:
+            meta = await producer.send_and_wait(
+                topic, value=value, key=key.encode() if key else None, partition=partition
+            )
+            placed.append((int(meta.partition), int(meta.offset)))
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"publishing to {topic} failed: {exc}") from None
+    finally:
+        await producer.stop()
+    return placed
+
+
+@dataclass
+class CheckReport:
+    report: list[str] = field(default_factory=list)
+    failed: bool = False
+
+    def ok(self, line: str) -> None:
+        self.report.append(f"ok    {line}")
+
+    def fail(self, line: str) -> None:
+        self.report.append(f"FAIL  {line}")
+        self.failed = True
+
+
+async def check_dependencies(settings: Settings) -> CheckReport:
+    """Configuration (already valid if we got here), the broker and its topics, the store."""
+    report = CheckReport()
+    report.ok("configuration")
+    await _check_kafka(settings, report)
+    await _check_store(settings, report)
+    return report
+
+
+async def _check_kafka(settings: Settings, report: CheckReport) -> None:
+    admin = AIOKafkaAdminClient(**kafka.connection_options(settings), request_timeout_ms=10_000)
+    try:
+        await admin.start()
+        topics = set(await admin.list_topics())
+    except (KafkaError, OSError) as exc:
+        report.fail(
+            f"kafka: cannot reach {settings.kafka_bootstrap_servers} ({type(exc).__name__}: "
+            f"{exc}); check KAFKA_BOOTSTRAP_SERVERS and the security settings"
+        )
+        return
+    finally:
+        await admin.close()
+    report.ok(f"kafka: {settings.kafka_bootstrap_servers}")
+    for variable, name in (
+        ("INPUT_TOPIC", settings.input_topic),
+        ("NOTIFICATION_TOPIC", settings.notification_topic),
+        ("DEAD_LETTER_TOPIC", settings.dead_letter_topic),
+    ):
+        if name in topics:
+            report.ok(f"topic {name} ({variable})")
+        else:
+            report.fail(f"topic {name} ({variable}) does not exist; create it or fix {variable}")
+
+
+async def _check_store(settings: Settings, report: CheckReport) -> None:
+    try:
+        store = await open_store(settings.database_url, migrate=False)
+    except ConsumerError as exc:
+        report.fail(f"store: {exc}")
+        return
+    try:
+        await store.ping()
+        report.ok("store: reachable, schema up to date")
+    except ConsumerError as exc:
+        report.fail(f"store: {exc}")
+    finally:
+        await store.close()

@@ -1,0 +1,613 @@
+"""The worker: poll a batch, apply it in one database transaction, emit and commit in Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never
+from tenacity.wait import wait_random_exponential
+
+from consumer import kafka
+from consumer.config import Settings
+from consumer.deadletter import ReasonClass, dead_letter
+from consumer.errors import BrokerUnavailable, ConsumerError, Fenced, StoreUnavailable
+from consumer.events import Apply, Invalid, Skip, classify
+from consumer.metrics import Metrics
+from consumer.store.base import BatchResult, LedgerEntry, SourceOffset, Store
+from consumer.transform import notification_record, to_ledger_entry
+
+log = structlog.get_logger("consumer.worker")
+
+
+class Record(Protocol):
+    """What we read of aiokafka's ConsumerRecord (aiokafka ships no type information)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record to produce inside a partition's Kafka transaction."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass(slots=True)
+class PartitionBatch:
+    """The records of one input partition in a poll, and what they turned into."""
+
+    tp: TopicPartition
+    records: list[Record]
+    outputs: list[Output] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def next_offset(self) -> int:
+        return int(self.records[-1].offset) + 1
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + n
+
+
+@dataclass(slots=True)
+class Hooks:
+    """Test-only interception points; production leaves them empty."""
+
+    after_store_commit: Hook | None = None
+
+
+@dataclass(slots=True)
+class Health:
+    """What /healthz and /readyz report."""
+
+    alive_at: float = field(default_factory=time.monotonic)
+    degraded: str | None = None  # why, while retrying infrastructure
+    assigned: int = 0
+    stalled: list[str] = field(default_factory=list)
+
+
+def _is_retriable(exc: BaseException) -> bool:
+    return bool(getattr(exc, "retriable", False))
+
+
+def _as_consumer_error(exc: BaseException) -> BaseException:
+    """Kafka's own errors carry `retriable`; give them our type so callers branch once."""
+    if isinstance(exc, ProducerFenced):
+        return Fenced(str(exc))
+    if isinstance(exc, KafkaError) and exc.retriable:
+        return BrokerUnavailable(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, TimeoutError):
+        return BrokerUnavailable("timed out talking to Kafka")
+    return exc
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker._on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._worker._on_assigned(assigned)
+
+
+class Worker:
+    """Owns the consume → apply → emit → commit loop of one replica."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        metrics: Metrics | None = None,
+        hooks: Hooks | None = None,
+        burst: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics or Metrics()
+        self.hooks = hooks or Hooks()
+        self.burst = burst
+        self.health = Health()
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self._plain_producer: AIOKafkaProducer | None = None
+        self._batch_lock = asyncio.Lock()
+        self._attempts: dict[tuple[TopicPartition, int], int] = {}
+        self._progress: dict[TopicPartition, tuple[int, float]] = {}
+        self._fenced: set[TopicPartition] = set()
+        self._unassigned_since: float | None = time.monotonic()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in flight and leave; safe to call many times."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> None:
+        """Consume until stopped (or, in burst mode, until the input is drained)."""
+        consumer = kafka.input_consumer(self.settings)
+        self._consumer = consumer
+        consumer.subscribe([self.settings.input_topic], listener=_Rebalance(self))
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {self.settings.kafka_bootstrap_servers}: {exc}. "
+                "Check KAFKA_BOOTSTRAP_SERVERS and the broker, then start again."
+            ) from None
+        if not self.settings.transactional:
+            self._plain_producer = kafka.producer(self.settings)
+            await self._plain_producer.start()
+        log.info(
+            "worker.started",
+            topic=self.settings.input_topic,
+            group=self.settings.consumer_group,
+            mode=self.settings.delivery_mode,
+        )
+        try:
+            await self._loop(consumer)
+        finally:
+            await self._shutdown(consumer)
+
+    async def _loop(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            self.health.alive_at = time.monotonic()
+            polled = await consumer.getmany(
+                timeout_ms=self.settings.batch_max_wait_ms,
+                max_records=self.settings.batch_max_records,
+            )
+            batches = [
+                PartitionBatch(tp, list(records)) for tp, records in polled.items() if records
+            ]
+            if batches:
+                async with self._batch_lock:
+                    await self._process(consumer, batches)
+            await self._observe(consumer)
+            if not batches and self.burst and await self._drained(consumer):
+                log.info("worker.drained")
+                return
+
+    async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
+        async with self._batch_lock:
+            await self._close_producers(list(self._producers))
+            if self._plain_producer is not None:
+                await self._plain_producer.stop()
+        await consumer.stop()  # leaves the group so the partitions move at once
+        # A rebalance that completed while we were leaving may have opened producers.
+        await self._close_producers(list(self._producers))
+        self.metrics.assigned_partitions.set(0)
+        log.info("worker.stopped")
+
+    # -- rebalancing -----------------------------------------------------------------------
+
+    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Wait for the batch in flight: its transaction must end before another owner starts.
+        async with self._batch_lock:
+            await self._close_producers(list(revoked))
+            for tp in revoked:
+                self._progress.pop(tp, None)
+                with contextlib.suppress(KeyError):
+                    self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+            self._attempts.clear()
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        # Under the batch lock: a batch must not race us to open the same producer.
+        async with self._batch_lock:
+            self._fenced.clear()
+            if self.settings.transactional:
+                await asyncio.gather(*(self._open_producer(tp) for tp in assigned))
+        self.health.assigned = len(assigned)
+        self.metrics.assigned_partitions.set(len(assigned))
+        self._unassigned_since = None if assigned else time.monotonic()
+        log.info("partitions.assigned", partitions=sorted(tp.partition for tp in assigned))
+
+    def transactional_id(self, tp: TopicPartition) -> str:
+        """One id per input partition: the next owner's init fences a zombie."""
+        return f"{self.settings.transactional_id_prefix}.{tp.topic}.{tp.partition}"
+
+    async def _open_producer(self, tp: TopicPartition) -> None:
+        if tp in self._producers:
+            return
+        producer = kafka.producer(self.settings, transactional_id=self.transactional_id(tp))
+        try:
+            await producer.start()  # init_transactions: aborts and fences the previous owner
+        except BaseException:
+            await self._close_quietly(producer)
+            raise
+        self._producers[tp] = producer
+
+    async def _close_producers(self, partitions: Iterable[TopicPartition]) -> None:
+        producers = [self._producers.pop(tp) for tp in partitions if tp in self._producers]
+        await asyncio.gather(*(self._close_quietly(p) for p in producers))
+
+    @staticmethod
+    async def _close_quietly(producer: AIOKafkaProducer) -> None:
+        with contextlib.suppress(KafkaError, OSError, asyncio.TimeoutError):
+            await producer.stop()
+
+    # -- one batch -------------------------------------------------------------------------
+
+    async def _process(self, consumer: AIOKafkaConsumer, batches: list[PartitionBatch]) -> None:
+        started = time.perf_counter()
+        size = sum(len(b.records) for b in batches)
+        self.metrics.consumed.inc(size)
+        try:
+            await self._process_together(consumer, batches)
+        except ConsumerError as exc:
+            if exc.retriable:
+                raise
+            log.warning("batch.isolating", error=str(exc), records=size)
+            for batch in batches:
+                await self._process_one_by_one(consumer, batch)
+        elapsed = time.perf_counter() - started
+        self.metrics.batch_size.observe(size)
+        self.metrics.batch_duration.observe(elapsed)
+        totals: dict[str, int] = {}
+        for batch in batches:
+            for outcome, n in batch.counts.items():
+                totals[outcome] = totals.get(outcome, 0) + n
+        log.info(
+            "batch.committed",
+            records=size,
+            partitions=len(batches),
+            duration_ms=round(elapsed * 1000, 1),
+            **totals,
+        )
+
+    async def _process_together(
+        self, consumer: AIOKafkaConsumer, batches: list[PartitionBatch]
+    ) -> None:
+        pending = self._decide(batches)
+        result = await self._apply_with_retry(pending)
+        self._route_outcomes(batches, pending, result)
+        if self.hooks.after_store_commit is not None:
+            await self.hooks.after_store_commit()
+        await self._commit_all(consumer, batches)
+
+    async def _process_one_by_one(self, consumer: AIOKafkaConsumer, batch: PartitionBatch) -> None:
+        """Find the record that fails: each record alone, dead-lettered after N attempts."""
+        for record in batch.records:
+            single = PartitionBatch(batch.tp, [record])
+            key = (batch.tp, int(record.offset))
+            while True:
+                try:
+                    await self._process_together(consumer, [single])
+                except ConsumerError as exc:
+                    if exc.retriable:
+                        raise
+                    attempts = self._attempts.get(key, 1) + 1
+                    self._attempts[key] = attempts
+                    if attempts >= self.settings.max_record_attempts:
+                        await self._dead_letter_alone(consumer, single, str(exc), attempts)
+                        break
+                    single = PartitionBatch(batch.tp, [record])
+                    continue
+                self._attempts.pop(key, None)
+                break
+            for outcome, n in single.counts.items():
+                batch.count(outcome, n)
+
+    def _decide(self, batches: list[PartitionBatch]) -> list[tuple[PartitionBatch, Record, Any]]:
+        """Classify every record; queue dead letters now, return activations for the store."""
+        pending: list[tuple[PartitionBatch, Record, Any]] = []
+        for batch in batches:
+            for record in batch.records:
+                verdict = classify(record.value)
+                if isinstance(verdict, Apply):
+                    pending.append((batch, record, verdict))
+                elif isinstance(verdict, Skip):
+                    batch.count("skipped")
+                    self.metrics.skipped.inc()
+                elif isinstance(verdict, Invalid):
+                    self._queue_dead_letter(batch, record, verdict.reasons, "invalid", 1)
+        return pending
+
+    def _queue_dead_letter(
+        self,
+        batch: PartitionBatch,
+        record: Record,
+        reasons: Sequence[str],
+        reason_class: ReasonClass,
+        attempts: int,
+    ) -> None:
+        letter = dead_letter(
+            key=record.key,
+            value=record.value,
+            headers=list(record.headers or ()),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reasons=reasons,
+            reason_class=reason_class,
+            attempts=attempts,
+        )
+        batch.outputs.append(
+            Output(self.settings.dead_letter_topic, letter.key, letter.value, letter.headers)
+        )
+        batch.count(f"dead_lettered_{reason_class}")
+        log.warning(
+            "record.dead_lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason_class=reason_class,
+            reason="; ".join(reasons),
+        )
+
+    async def _apply_with_retry(
+        self, pending: list[tuple[PartitionBatch, Record, Any]]
+    ) -> BatchResult:
+        entries: list[LedgerEntry] = [
+            to_ledger_entry(
+                verdict.activation,
+                SourceOffset(record.topic, record.partition, record.offset),
+            )
+            for _, record, verdict in pending
+        ]
+        result: BatchResult = await self._retrying("store", lambda: self.store.apply_batch(entries))
+        return result
+
+    def _route_outcomes(
+        self,
+        batches: list[PartitionBatch],
+        pending: list[tuple[PartitionBatch, Record, Any]],
+        result: BatchResult,
+    ) -> None:
+        for (batch, _record, verdict), outcome in zip(pending, result.outcomes, strict=True):
+            batch.count(outcome.kind)
+            if outcome.kind == "duplicate":
+                self.metrics.duplicates.inc()
+                continue
+            (self.metrics.applied if outcome.kind == "applied" else self.metrics.replays).inc()
+            key, value, headers = notification_record(
+                verdict.activation, source=self.settings.cloudevents_source
+            )
+            batch.outputs.append(Output(self.settings.notification_topic, key, value, headers))
+        for card in result.cards:
+            drift = card.reported_balance - card.activated_points
+            self.metrics.balance_drift_points.set(abs(drift))
+            if drift:
+                self.metrics.balance_drift.inc()
+                log.info("card.balance_drift", voucher_id=card.voucher_id, drift=drift)
+
+    async def _dead_letter_alone(
+        self, consumer: AIOKafkaConsumer, single: PartitionBatch, error: str, attempts: int
+    ) -> None:
+        record = single.records[0]
+        single.outputs.clear()
+        single.counts.clear()
+        self._queue_dead_letter(single, record, [error], "persistent", attempts)
+        await self._commit_all(consumer, [single])
+        self._attempts.pop((single.tp, int(record.offset)), None)
+
+    # -- emit and commit -------------------------------------------------------------------
+
+    async def _commit_all(self, consumer: AIOKafkaConsumer, batches: list[PartitionBatch]) -> None:
+        if self.settings.transactional:
+            await asyncio.gather(*(self._commit_partition(consumer, b) for b in batches))
+        else:
+            await self._commit_at_least_once(consumer, batches)
+        committed_at = time.time()
+        for batch in batches:
+            self._account_committed(batch, committed_at)
+
+    def _account_committed(self, batch: PartitionBatch, committed_at: float) -> None:
+        for record in batch.records:
+            if record.timestamp and record.timestamp > 0:
+                self.metrics.end_to_end_latency.observe(
+                    max(0.0, committed_at - record.timestamp / 1000)
+                )
+        for outcome in ("dead_lettered_invalid", "dead_lettered_persistent"):
+            if n := batch.counts.get(outcome):
+                self.metrics.dead_lettered.labels(outcome.rsplit("_", 1)[1]).inc(n)
+        self._progress[batch.tp] = (batch.next_offset, time.monotonic())
+
+    async def _commit_partition(self, consumer: AIOKafkaConsumer, batch: PartitionBatch) -> None:
+        """Outputs and the consumed offset in one Kafka transaction, retried while transient."""
+        try:
+            await self._retrying("broker", lambda: self._commit_partition_once(batch))
+        except ConsumerError:
+            # Not ours any more, or not retriable: fetch the batch again from the committed
+            # offset; the ledger then tells replays (re-emit) from duplicates.
+            await self._rewind(consumer, batch.tp)
+            raise
+
+    async def _commit_partition_once(self, batch: PartitionBatch) -> None:
+        producer = await self._producer_for(batch.tp)
+        try:
+            async with asyncio.timeout(self.settings.retry_attempt_timeout_s):
+                await self._transaction(producer, batch, self.settings.consumer_group)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            error = _as_consumer_error(exc)
+            if isinstance(error, Fenced):
+                # Another replica owns the partition now; never re-init (that would fence it).
+                log.warning(
+                    "partition.fenced",
+                    partition=batch.tp.partition,
+                    transactional_id=self.transactional_id(batch.tp),
+                )
+                self._producers.pop(batch.tp, None)
+                self._fenced.add(batch.tp)
+                await self._close_quietly(producer)
+            elif not await self._abort(producer):
+                await self._replace_producer(batch.tp, producer)
+            raise error from exc
+
+    @staticmethod
+    async def _transaction(producer: AIOKafkaProducer, batch: PartitionBatch, group: str) -> None:
+        await producer.begin_transaction()
+        sent = [
+            await producer.send(o.topic, value=o.value, key=o.key, headers=o.headers)
+            for o in batch.outputs
+        ]
+        await producer.send_offsets_to_transaction({batch.tp: batch.next_offset}, group)
+        await asyncio.gather(*sent)
+        await producer.commit_transaction()
+
+    @staticmethod
+    async def _abort(producer: AIOKafkaProducer) -> bool:
+        """Abort the open transaction; False when the producer cannot be trusted any more."""
+        try:
+            async with asyncio.timeout(10):
+                await producer.abort_transaction()
+        except (KafkaError, OSError, TimeoutError):
+            return False
+        return True
+
+    async def _producer_for(self, tp: TopicPartition) -> AIOKafkaProducer:
+        producer = self._producers.get(tp)
+        if producer is not None:
+            return producer
+        assigned = self._consumer is not None and tp in self._consumer.assignment()
+        if tp in self._fenced or not assigned:
+            raise Fenced(f"partition {tp.partition} is no longer owned by this replica")
+        try:
+            await self._open_producer(tp)
+        except (KafkaError, OSError) as exc:
+            raise BrokerUnavailable(f"cannot create the producer for {tp}: {exc}") from exc
+        return self._producers[tp]
+
+    async def _replace_producer(self, tp: TopicPartition, broken: AIOKafkaProducer) -> None:
+        """A producer in an unknown state is replaced; init_transactions aborts its leftovers."""
+        self._producers.pop(tp, None)
+        await self._close_quietly(broken)
+        # The next attempt opens a fresh one through _producer_for while we still own tp.
+
+    async def _commit_at_least_once(
+        self, consumer: AIOKafkaConsumer, batches: list[PartitionBatch]
+    ) -> None:
+        producer = self._plain_producer
+        assert producer is not None
+        sent = [
+            await producer.send(o.topic, value=o.value, key=o.key, headers=o.headers)
+            for batch in batches
+            for o in batch.outputs
+        ]
+        await self._retrying("broker", lambda: asyncio.gather(*sent))
+        offsets = {batch.tp: batch.next_offset for batch in batches}
+        await self._retrying("broker", lambda: consumer.commit(offsets))
+
+    async def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """Seek back to the committed offset so the batch is fetched again (replays re-emit)."""
+        if tp not in consumer.assignment():
+            return
+        try:
+            committed = await consumer.committed(tp)
+        except KafkaError:
+            committed = None
+        if committed is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, committed)
+
+    # -- retries and health ----------------------------------------------------------------
+
+    async def _retrying(self, cause: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Retry transient failures with exponential backoff and jitter, pausing the fetcher."""
+        consumer = self._consumer
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            self.metrics.retries.labels(cause).inc()
+            self._degrade(f"{cause}: {error}")
+            if consumer is not None and consumer.assignment():
+                consumer.pause(*consumer.assignment())
+            log.warning(f"{cause}.retry", attempt=state.attempt_number, error=str(error))
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_retriable),
+            wait=wait_random_exponential(
+                multiplier=self.settings.retry_initial_s, max=self.settings.retry_max_s
+            ),
+            stop=stop_never,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        async with asyncio.timeout(self.settings.retry_attempt_timeout_s):
+                            return await call()
+                    except TimeoutError:
+                        if cause == "store":
+                            raise StoreUnavailable("the database did not answer in time") from None
+                        raise BrokerUnavailable("Kafka did not answer in time") from None
+                    except KafkaError as exc:
+                        raise _as_consumer_error(exc) from exc
+        finally:
+            if consumer is not None and consumer.paused():
+                consumer.resume(*consumer.paused())
+            self._heal_if_ok()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _degrade(self, why: str) -> None:
+        self.health.degraded = why
+        self.metrics.ready.set(0)
+
+    def _heal_if_ok(self) -> None:
+        if self.health.degraded is not None:
+            log.info("worker.recovered", was=self.health.degraded)
+        self.health.degraded = None
+
+    async def _observe(self, consumer: AIOKafkaConsumer) -> None:
+        """Lag per partition and stall detection, from what the last fetch told us."""
+        now = time.monotonic()
+        stalled = []
+        for tp in consumer.assignment():
+            end = consumer.last_stable_offset(tp) if self.settings.transactional else None
+            if end is None:
+                end = consumer.highwater(tp)
+            if end is None:
+                continue
+            try:
+                position = await consumer.position(tp)
+            except KafkaError:
+                continue
+            lag = max(0, end - position)
+            self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(lag)
+            last_offset, since = self._progress.get(tp, (position, now))
+            if position != last_offset or lag == 0:
+                self._progress[tp] = (position, now)
+            elif now - since > self.settings.stall_timeout_s:
+                stalled.append(f"{tp.topic}[{tp.partition}]")
+        self.health.stalled = stalled
+
+    async def _drained(self, consumer: AIOKafkaConsumer) -> bool:
+        """Burst mode: every assigned partition is read to its end (or none come at all)."""
+        assignment = consumer.assignment()
+        if not assignment:
+            waited = time.monotonic() - (self._unassigned_since or time.monotonic())
+            return waited > self.settings.session_timeout_ms / 1000
+        ends = await consumer.end_offsets(list(assignment))
+        for tp in assignment:
+            if await consumer.position(tp) < ends[tp]:
+                return False
+        return True

@@ -1,0 +1,150 @@
+"""The worker end to end against the real broker and both stores: exactly-once effects."""
+
+from __future__ import annotations
+
+import json
+
+from consumer.deadletter import header
+from consumer.store import open_store
+from tests import workload
+from tests.kafkautil import committed_offsets, end_offsets, produce, read_committed
+from tests.workers import Topics, drain, settings_for
+
+
+async def test_reference_payload_yields_one_entry_one_card_update_one_notification(
+    kafka_bootstrap: str, topics: Topics, store_url: str
+) -> None:
+    settings = settings_for(kafka_bootstrap, topics, store_url)
+    await produce(kafka_bootstrap, topics.input, [workload.seed_bytes()], partition=0)
+
+    metrics = await drain(settings)
+
+    store = await open_store(store_url)
+    try:
+        counts = await store.counts()
+        card = await store.card(workload.SEED_VOUCHER_ID)
+        entry = await store.ledger_entry(workload.SEED_TRANSACTION_ID)
+    finally:
+        await store.close()
+    assert counts.ledger_entries == 1
+    assert card is not None
+    assert (card.activated_points, card.reported_balance, card.reported_pending) == (23, 23, 46)
+    assert card.last_transaction_id == workload.SEED_TRANSACTION_ID
+    assert entry is not None
+    assert (entry.source.topic, entry.source.partition, entry.source.offset) == (
+        topics.input,
+        0,
+        0,
+    )
+    notes = await read_committed(kafka_bootstrap, topics.notifications)
+    assert len(notes) == 1
+    body = json.loads(notes[0].value)
+    assert notes[0].key == workload.SEED_CUSTOMER_ID.encode()
+    assert body["points_activated"] == 23
+    assert body["balance_after"] == 23
+    assert body["points_pending"] == 46
+    assert body["card"]["code"] == "67028386"
+    assert metrics.value("loyalty_consumer_applied_total") == 1
+
+
+async def test_the_same_event_published_again_yields_nothing_more(
+    kafka_bootstrap: str, topics: Topics, store_url: str
+) -> None:
+    settings = settings_for(kafka_bootstrap, topics, store_url)
+    await produce(kafka_bootstrap, topics.input, [workload.seed_bytes()], partition=0)
+    await drain(settings)
+    wrapped = workload.encode(workload.activation(workload.SEED_TRANSACTION_ID))
+    # Later, in the same partition and in another one, bare and wrapped in an envelope.
+    await produce(kafka_bootstrap, topics.input, [workload.seed_bytes(), wrapped], partition=0)
+    await produce(kafka_bootstrap, topics.input, [workload.seed_bytes()], partition=2)
+
+    metrics = await drain(settings)
+
+    assert metrics.value("loyalty_consumer_duplicates_total") == 3
+    assert metrics.value("loyalty_consumer_applied_total") == 0
+    assert len(await read_committed(kafka_bootstrap, topics.notifications)) == 1
+    store = await open_store(store_url)
+    try:
+        card = await store.card(workload.SEED_VOUCHER_ID)
+        assert (await store.counts()).ledger_entries == 1
+    finally:
+        await store.close()
+    assert card is not None and card.activated_points == 23
+
+
+async def test_mixed_batch_is_accounted_exactly(
+    kafka_bootstrap: str, topics: Topics, store_url: str
+) -> None:
+    settings = settings_for(kafka_bootstrap, topics, store_url)
+    valid = [
+        workload.encode(
+            workload.activation(f"vtx_mixed{i:04d}", voucher_id=f"v_card{i % 4}", points=i + 1)
+        )
+        for i in range(40)
+    ]
+    siblings = [path.read_bytes() for path in workload.sibling_files()]
+    garbage: list[bytes | None] = [b"not json", b"\xff\xfe", b"[]", b"{}"]
+    duplicates = valid[:10]
+    await produce(kafka_bootstrap, topics.input, valid[:20] + garbage[:2], partition=0)
+    await produce(kafka_bootstrap, topics.input, siblings + valid[20:], partition=1)
+    await produce(kafka_bootstrap, topics.input, duplicates + garbage[2:], partition=2)
+    await produce(kafka_bootstrap, topics.input, [None], key=b"tombstone", partition=2)
+    garbage.append(None)
+
+    metrics = await drain(settings)
+
+    notes = await read_committed(kafka_bootstrap, topics.notifications)
+    letters = await read_committed(kafka_bootstrap, topics.dead_letters)
+    assert sorted(json.loads(n.value)["voucherify"]["transaction_id"] for n in notes) == sorted(
+        f"vtx_mixed{i:04d}" for i in range(40)
+    )
+    assert len(letters) == len(garbage)
+    assert {header(letter.headers, "dlq.reason_class") for letter in letters} == {"invalid"}
+    assert sorted((r.value or b"") for r in letters) == sorted((g or b"") for g in garbage)
+    assert all(header(letter.headers, "dlq.reason") for letter in letters)
+    assert metrics.value("loyalty_consumer_skipped_total") == len(siblings)
+    assert metrics.value("loyalty_consumer_duplicates_total") == len(duplicates)
+    assert metrics.value("loyalty_consumer_records_consumed_total") == (
+        len(valid) + len(siblings) + len(garbage) + len(duplicates)
+    )
+    store = await open_store(store_url)
+    try:
+        assert (await store.counts()).ledger_entries == 40
+        totals = {f"v_card{c}": 0 for c in range(4)}
+        for i in range(40):
+            totals[f"v_card{i % 4}"] += i + 1
+        for voucher_id, expected in totals.items():
+            card = await store.card(voucher_id)
+            assert card is not None and card.activated_points == expected
+    finally:
+        await store.close()
+    assert await committed_offsets(
+        kafka_bootstrap, settings.consumer_group, topics.input
+    ) == await end_offsets(kafka_bootstrap, topics.input)
+
+
+async def test_dead_letter_keeps_the_original_record_byte_for_byte(
+    kafka_bootstrap: str, topics: Topics, sqlite_url: str
+) -> None:
+    settings = settings_for(kafka_bootstrap, topics, sqlite_url)
+    broken = workload.activation("vtx_broken")
+    broken["data"]["pending_points"]["points"] = -5
+    value = workload.encode(broken)
+    headers = [("traceparent", b"00-abc-def-01"), ("x-voucherify-signature", b"\x00\x01sig")]
+    [offset] = await produce(
+        kafka_bootstrap, topics.input, [value], key=b"bridge-key", partition=1, headers=headers
+    )
+
+    await drain(settings)
+
+    [letter] = await read_committed(kafka_bootstrap, topics.dead_letters)
+    assert letter.key == b"bridge-key"
+    assert letter.value == value
+    assert list(letter.headers)[: len(headers)] == headers
+    assert header(letter.headers, "dlq.source.topic") == topics.input
+    assert header(letter.headers, "dlq.source.partition") == "1"
+    assert header(letter.headers, "dlq.source.offset") == str(offset)
+    assert header(letter.headers, "dlq.attempts") == "1"
+    reason = header(letter.headers, "dlq.reason") or ""
+    assert "data.pending_points.points" in reason
+    assert header(letter.headers, "dlq.time")
