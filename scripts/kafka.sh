@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local single-node Apache Kafka (KRaft) for development, tests and CI.
-#   scripts/kafka.sh up | down | status | jars
+#   scripts/kafka.sh up | down | stop | start | status | jars
+# (stop/start keep the data: a broker restart, as the chaos run needs)
 # Jars come from Maven Central once, into .cache/kafka/<version>/libs, and are reused.
 set -euo pipefail
 
@@ -18,6 +19,9 @@ PIDFILE="$RUN/kafka.pid"
 LOG="$RUN/broker.log"
 # Extra broker settings (one key=value per line), e.g. the SASL/SSL test's listeners.
 KAFKA_EXTRA_CONFIG="${KAFKA_EXTRA_CONFIG:-}"
+
+JVM=(java $KAFKA_HEAP -XX:+UseG1GC -Djava.awt.headless=true
+     "-Dlog4j2.configurationFile=$RUN/log4j2.properties" -cp "$LIBS/*")
 
 say() { printf 'kafka: %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -129,13 +133,14 @@ cmd_up() {
     die "controller port $KAFKA_CONTROLLER_PORT on 127.0.0.1 is already in use. Set KAFKA_CONTROLLER_PORT to a free port and retry."
   fi
   rm -rf "$RUN" && write_config
-  local cp="$LIBS/*"
-  local jvm=(java $KAFKA_HEAP -XX:+UseG1GC -Djava.awt.headless=true
-             "-Dlog4j2.configurationFile=$RUN/log4j2.properties" -cp "$cp")
-  "${jvm[@]}" kafka.tools.StorageTool format -t "$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
+  "${JVM[@]}" kafka.tools.StorageTool format -t "$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
       -c "$RUN/server.properties" >"$RUN/format.log" 2>&1 || { cat "$RUN/format.log" >&2; die "formatting the storage failed (see above)"; }
+  launch
+}
+
+launch() {
   say "starting broker on 127.0.0.1:$KAFKA_PORT (log: $LOG)"
-  nohup setsid "${jvm[@]}" kafka.Kafka "$RUN/server.properties" >"$RUN/stdout.log" 2>&1 < /dev/null &
+  nohup setsid "${JVM[@]}" kafka.Kafka "$RUN/server.properties" >"$RUN/stdout.log" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
   local started=$SECONDS
   until ready; do
@@ -147,7 +152,7 @@ cmd_up() {
     if (( SECONDS - started > KAFKA_START_TIMEOUT )); then
       say "broker not ready after ${KAFKA_START_TIMEOUT}s; last lines of its logs:"
       tail -25 "$RUN/stdout.log" "$LOG" 2>/dev/null >&2 || true
-      cmd_down
+      cmd_stop
       die "the broker did not become ready within ${KAFKA_START_TIMEOUT}s (raise KAFKA_START_TIMEOUT on a slow machine)"
     fi
     sleep 0.5
@@ -155,7 +160,8 @@ cmd_up() {
   say "ready on 127.0.0.1:$KAFKA_PORT after $((SECONDS - started))s"
 }
 
-cmd_down() {
+# Stop the process but keep the data and configuration (a restart, not a reset).
+cmd_stop() {
   if is_running; then
     local pid; pid="$(cat "$PIDFILE")"
     kill -TERM "$pid" 2>/dev/null || true
@@ -163,6 +169,16 @@ cmd_down() {
     kill -KILL "$pid" 2>/dev/null || true
     say "stopped (pid $pid)"
   fi
+}
+
+cmd_start() {
+  [ -f "$RUN/server.properties" ] || die "no broker data yet: run 'make kafka-up' first"
+  if is_running && ready; then say "already running"; return 0; fi
+  launch
+}
+
+cmd_down() {
+  cmd_stop
   rm -rf "$RUN"
 }
 
@@ -173,6 +189,8 @@ cmd_status() {
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
+  stop) cmd_stop ;;
+  start) need_java; fetch_jars; cmd_start ;;
   status) cmd_status ;;
   jars) need_java; fetch_jars ;;
   *) echo "usage: $0 up|down|status|jars" >&2; exit 2 ;;
