@@ -32,6 +32,10 @@ test: install
 pytest: install
 	$(BIN)/pytest $(ARGS)
 
+# The README's first command: the reference event through to a printed notification.
+demo: install
+	bash scripts/demo.sh
+
 kafka-up:
 	bash scripts/kafka.sh up
 

@@ -60,6 +60,8 @@ class PartitionBatch:
     records: list[Record]
     outputs: list[Output] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    committed: bool = False  # its Kafka transaction committed
+    lost: bool = False  # the partition moved to another replica; the new owner redoes it
 
     @property
     def next_offset(self) -> int:
@@ -67,6 +69,11 @@ class PartitionBatch:
 
     def count(self, outcome: str, n: int = 1) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + n
+
+    def reset(self) -> None:
+        """Forget a failed attempt's outputs and counts before trying again."""
+        self.outputs.clear()
+        self.counts.clear()
 
 
 @dataclass(slots=True)
@@ -257,15 +264,15 @@ class Worker:
     async def _process(self, consumer: AIOKafkaConsumer, batches: list[PartitionBatch]) -> None:
         started = time.perf_counter()
         size = sum(len(b.records) for b in batches)
-        self.metrics.consumed.inc(size)
         try:
             await self._process_together(consumer, batches)
-        except ConsumerError as exc:
-            if exc.retriable:
+        except Exception as exc:
+            if _is_retriable(exc):
                 raise
             log.warning("batch.isolating", error=str(exc), records=size)
             for batch in batches:
-                await self._process_one_by_one(consumer, batch)
+                if not batch.committed and not batch.lost:
+                    await self._process_one_by_one(consumer, batch)
         elapsed = time.perf_counter() - started
         self.metrics.batch_size.observe(size)
         self.metrics.batch_duration.observe(elapsed)
@@ -284,6 +291,8 @@ class Worker:
     async def _process_together(
         self, consumer: AIOKafkaConsumer, batches: list[PartitionBatch]
     ) -> None:
+        for batch in batches:
+            batch.reset()
         pending = self._decide(batches)
         result = await self._apply_with_retry(pending)
         self._route_outcomes(batches, pending, result)
@@ -293,26 +302,44 @@ class Worker:
 
     async def _process_one_by_one(self, consumer: AIOKafkaConsumer, batch: PartitionBatch) -> None:
         """Find the record that fails: each record alone, dead-lettered after N attempts."""
+        batch.reset()
         for record in batch.records:
-            single = PartitionBatch(batch.tp, [record])
-            key = (batch.tp, int(record.offset))
-            while True:
-                try:
-                    await self._process_together(consumer, [single])
-                except ConsumerError as exc:
-                    if exc.retriable:
-                        raise
-                    attempts = self._attempts.get(key, 1) + 1
-                    self._attempts[key] = attempts
-                    if attempts >= self.settings.max_record_attempts:
-                        await self._dead_letter_alone(consumer, single, str(exc), attempts)
-                        break
-                    single = PartitionBatch(batch.tp, [record])
-                    continue
-                self._attempts.pop(key, None)
-                break
+            single = await self._process_single(consumer, batch.tp, record)
             for outcome, n in single.counts.items():
                 batch.count(outcome, n)
+            if single.lost:
+                batch.lost = True
+                return
+        # The partition may have been rewound by a failed transaction; we are past it now.
+        if batch.tp in consumer.assignment():
+            consumer.seek(batch.tp, batch.next_offset)
+
+    async def _process_single(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, record: Record
+    ) -> PartitionBatch:
+        key = (tp, int(record.offset))
+        while True:
+            single = PartitionBatch(tp, [record])
+            try:
+                await self._process_together(consumer, [single])
+            except Exception as exc:
+                if _is_retriable(exc):
+                    raise
+                attempts = self._attempts.get(key, 1) + 1
+                self._attempts[key] = attempts
+                if attempts >= self.settings.max_record_attempts:
+                    log.warning(
+                        "record.failing",
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        offset=record.offset,
+                        attempts=attempts,
+                        error=str(exc),
+                    )
+                    return await self._dead_letter_alone(consumer, tp, record, exc, attempts)
+                continue
+            self._attempts.pop(key, None)
+            return single
 
     def _decide(self, batches: list[PartitionBatch]) -> list[tuple[PartitionBatch, Record, Any]]:
         """Classify every record; queue dead letters now, return activations for the store."""
@@ -324,7 +351,6 @@ class Worker:
                     pending.append((batch, record, verdict))
                 elif isinstance(verdict, Skip):
                     batch.count("skipped")
-                    self.metrics.skipped.inc()
                 elif isinstance(verdict, Invalid):
                     self._queue_dead_letter(batch, record, verdict.reasons, "invalid", 1)
         return pending
@@ -383,9 +409,7 @@ class Worker:
         for (batch, _record, verdict), outcome in zip(pending, result.outcomes, strict=True):
             batch.count(outcome.kind)
             if outcome.kind == "duplicate":
-                self.metrics.duplicates.inc()
                 continue
-            (self.metrics.applied if outcome.kind == "applied" else self.metrics.replays).inc()
             key, value, headers = notification_record(
                 verdict.activation, source=self.settings.cloudevents_source
             )
@@ -398,35 +422,69 @@ class Worker:
                 log.info("card.balance_drift", voucher_id=card.voucher_id, drift=drift)
 
     async def _dead_letter_alone(
-        self, consumer: AIOKafkaConsumer, single: PartitionBatch, error: str, attempts: int
-    ) -> None:
-        record = single.records[0]
-        single.outputs.clear()
-        single.counts.clear()
-        self._queue_dead_letter(single, record, [error], "persistent", attempts)
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        record: Record,
+        error: BaseException,
+        attempts: int,
+    ) -> PartitionBatch:
+        single = PartitionBatch(tp, [record])
+        reason = f"{type(error).__name__}: {error}"
+        self._queue_dead_letter(single, record, [reason], "persistent", attempts)
         await self._commit_all(consumer, [single])
-        self._attempts.pop((single.tp, int(record.offset)), None)
+        self._attempts.pop((tp, int(record.offset)), None)
+        return single
 
     # -- emit and commit -------------------------------------------------------------------
 
     async def _commit_all(self, consumer: AIOKafkaConsumer, batches: list[PartitionBatch]) -> None:
+        """Commit every partition's outputs and offsets; a lost partition is left to its owner."""
         if self.settings.transactional:
-            await asyncio.gather(*(self._commit_partition(consumer, b) for b in batches))
+            results = await asyncio.gather(
+                *(self._commit_partition(consumer, b) for b in batches), return_exceptions=True
+            )
         else:
             await self._commit_at_least_once(consumer, batches)
+            results = [None] * len(batches)
         committed_at = time.time()
-        for batch in batches:
-            self._account_committed(batch, committed_at)
+        failure: BaseException | None = None
+        for batch, result in zip(batches, results, strict=True):
+            if result is None:
+                batch.committed = True
+                self._account_committed(batch, committed_at)
+            elif isinstance(result, Fenced):
+                batch.lost = True
+                log.warning(
+                    "partition.lost",
+                    partition=batch.tp.partition,
+                    records=len(batch.records),
+                    reason=str(result),
+                )
+            else:
+                failure = failure or result
+        if failure is not None:
+            raise failure
 
     def _account_committed(self, batch: PartitionBatch, committed_at: float) -> None:
+        """Metrics move only once effects are committed, so they match what others see."""
+        self.metrics.consumed.inc(len(batch.records))
+        counters = {
+            "applied": self.metrics.applied,
+            "duplicate": self.metrics.duplicates,
+            "replay": self.metrics.replays,
+            "skipped": self.metrics.skipped,
+        }
+        for outcome, n in batch.counts.items():
+            if outcome in counters:
+                counters[outcome].inc(n)
+            elif outcome.startswith("dead_lettered_"):
+                self.metrics.dead_lettered.labels(outcome.removeprefix("dead_lettered_")).inc(n)
         for record in batch.records:
             if record.timestamp and record.timestamp > 0:
                 self.metrics.end_to_end_latency.observe(
                     max(0.0, committed_at - record.timestamp / 1000)
                 )
-        for outcome in ("dead_lettered_invalid", "dead_lettered_persistent"):
-            if n := batch.counts.get(outcome):
-                self.metrics.dead_lettered.labels(outcome.rsplit("_", 1)[1]).inc(n)
         self._progress[batch.tp] = (batch.next_offset, time.monotonic())
 
     async def _commit_partition(self, consumer: AIOKafkaConsumer, batch: PartitionBatch) -> None:

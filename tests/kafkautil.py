@@ -82,3 +82,10 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         return {tp.partition: offset for tp, offset in ends.items()}
     finally:
         await consumer.stop()
+
+
+async def group_caught_up(bootstrap: str, group: str, topic: str) -> bool:
+    """True when the group's committed offset is at the end of every non-empty partition."""
+    ends = await end_offsets(bootstrap, topic)
+    committed = await committed_offsets(bootstrap, group, topic)
+    return all(committed.get(partition) == end for partition, end in ends.items() if end > 0)

@@ -7,7 +7,7 @@ import json
 from consumer.deadletter import header
 from consumer.store import open_store
 from tests import workload
-from tests.kafkautil import committed_offsets, end_offsets, produce, read_committed
+from tests.kafkautil import group_caught_up, produce, read_committed
 from tests.workers import Topics, drain, settings_for
 
 
@@ -118,9 +118,7 @@ async def test_mixed_batch_is_accounted_exactly(
             assert card is not None and card.activated_points == expected
     finally:
         await store.close()
-    assert await committed_offsets(
-        kafka_bootstrap, settings.consumer_group, topics.input
-    ) == await end_offsets(kafka_bootstrap, topics.input)
+    assert await group_caught_up(kafka_bootstrap, settings.consumer_group, topics.input)
 
 
 async def test_dead_letter_keeps_the_original_record_byte_for_byte(
@@ -148,3 +146,59 @@ async def test_dead_letter_keeps_the_original_record_byte_for_byte(
     reason = header(letter.headers, "dlq.reason") or ""
     assert "data.pending_points.points" in reason
     assert header(letter.headers, "dlq.time")
+
+
+async def test_a_record_that_keeps_failing_is_dead_lettered_after_its_attempts(
+    kafka_bootstrap: str, topics: Topics, store_url: str
+) -> None:
+    # The second activation would push the card's total past a 64-bit integer: the store
+    # refuses it every time (not an infrastructure failure), so it must not block the rest.
+    settings = settings_for(kafka_bootstrap, topics, store_url, max_record_attempts=3)
+    huge = workload.activation("vtx_huge", voucher_id="v_full", points=2**63 - 1)
+    overflow = workload.activation("vtx_overflow", voucher_id="v_full", points=1)
+    others = [workload.activation(f"vtx_ok{i}", voucher_id="v_other") for i in range(3)]
+    values = [workload.encode(p) for p in (others[0], huge, overflow, others[1], others[2])]
+    offsets = await produce(kafka_bootstrap, topics.input, values, partition=0)
+
+    metrics = await drain(settings)
+
+    [letter] = await read_committed(kafka_bootstrap, topics.dead_letters)
+    assert letter.value == values[2]
+    assert header(letter.headers, "dlq.reason_class") == "persistent"
+    assert header(letter.headers, "dlq.attempts") == "3"
+    assert header(letter.headers, "dlq.source.offset") == str(offsets[2])
+    assert header(letter.headers, "dlq.reason")
+    notes = await read_committed(kafka_bootstrap, topics.notifications)
+    assert sorted(json.loads(n.value)["voucherify"]["transaction_id"] for n in notes) == [
+        "vtx_huge",
+        "vtx_ok0",
+        "vtx_ok1",
+        "vtx_ok2",
+    ]
+    assert (
+        metrics.value("loyalty_consumer_dead_lettered_total", {"reason_class": "persistent"}) == 1
+    )
+    store = await open_store(store_url)
+    try:
+        full = await store.card("v_full")
+        assert full is not None and full.activated_points == 2**63 - 1
+        assert await store.ledger_entry("vtx_overflow") is None
+    finally:
+        await store.close()
+    assert await group_caught_up(kafka_bootstrap, settings.consumer_group, topics.input)
+
+
+async def test_at_least_once_mode_applies_once_and_commits_offsets(
+    kafka_bootstrap: str, topics: Topics, sqlite_url: str
+) -> None:
+    settings = settings_for(kafka_bootstrap, topics, sqlite_url, delivery_mode="at-least-once")
+    values = [workload.encode(workload.activation(f"vtx_alo{i}")) for i in range(5)]
+    await produce(kafka_bootstrap, topics.input, values + values[:2] + [b"junk"], partition=1)
+
+    metrics = await drain(settings)
+
+    assert metrics.value("loyalty_consumer_applied_total") == 5
+    assert metrics.value("loyalty_consumer_duplicates_total") == 2
+    assert len(await read_committed(kafka_bootstrap, topics.notifications)) == 5
+    assert len(await read_committed(kafka_bootstrap, topics.dead_letters)) == 1
+    assert await group_caught_up(kafka_bootstrap, settings.consumer_group, topics.input)

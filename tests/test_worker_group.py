@@ -15,13 +15,8 @@ from consumer.worker import Worker
 from tests import services, workload
 from tests.conditions import eventually
 from tests.conftest import TopicFactory
-from tests.kafkautil import committed_offsets, end_offsets, produce, read_committed
+from tests.kafkautil import group_caught_up, produce, read_committed
 from tests.workers import Topics, settings_for
-
-
-async def _caught_up(bootstrap: str, group: str, topic: str) -> bool:
-    ends = await end_offsets(bootstrap, topic)
-    return await committed_offsets(bootstrap, group, topic) == ends
 
 
 async def test_two_replicas_split_the_work_and_one_takes_over_when_the_other_stops(
@@ -55,7 +50,7 @@ async def test_two_replicas_split_the_work_and_one_takes_over_when_the_other_sto
         worker_a.stop()
         await asyncio.wait_for(run_a, 60)
         await eventually(
-            lambda: _caught_up(kafka_bootstrap, settings.consumer_group, topics.input),
+            lambda: group_caught_up(kafka_bootstrap, settings.consumer_group, topics.input),
             what="the remaining replica to finish the input",
         )
     finally:
@@ -126,7 +121,7 @@ async def test_database_outage_delays_but_loses_and_duplicates_nothing(
         finally:
             await asyncio.to_thread(_pg, "start")
         await eventually(
-            lambda: _caught_up(kafka_bootstrap, settings.consumer_group, topics.input),
+            lambda: group_caught_up(kafka_bootstrap, settings.consumer_group, topics.input),
             what="processing to resume after the database came back",
         )
         assert (await readiness(worker, store)).ready

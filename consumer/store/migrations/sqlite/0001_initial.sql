@@ -1,6 +1,7 @@
 -- The ledger (one row per Voucherify transaction, the source of truth) and the card state
 -- derived from it in the same transaction. Times are UTC ISO 8601 text of fixed width
--- (YYYY-MM-DDTHH:MM:SS.ffffff+00:00), so text order is time order.
+-- (YYYY-MM-DDTHH:MM:SS.ffffff+00:00), so text order is time order. STRICT tables: an integer
+-- overflow is an error, as on PostgreSQL, instead of a silent conversion to REAL.
 
 CREATE TABLE ledger (
     transaction_id   TEXT NOT NULL PRIMARY KEY,
@@ -17,7 +18,7 @@ CREATE TABLE ledger (
     source_partition INTEGER NOT NULL,
     source_offset    INTEGER NOT NULL,
     applied_at       TEXT NOT NULL
-);
+) STRICT;
 
 -- Rebuilding or auditing one card from its ledger rows must not scan millions of them.
 CREATE INDEX ledger_voucher_id_idx ON ledger (voucher_id);
@@ -31,4 +32,4 @@ CREATE TABLE cards (
     last_transaction_id TEXT NOT NULL,
     last_transaction_at TEXT NOT NULL,
     updated_at          TEXT NOT NULL
-);
+) STRICT;
