@@ -27,6 +27,10 @@ say() { printf 'kafka: %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 
 need_java() {
+  if ! command -v java >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "java not found; installing Debian's openjdk-17-jre-headless"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null) || true
+  fi
   command -v java >/dev/null || die "java not found. Install Java 17+ (Debian: apt-get install -y openjdk-17-jre-headless) and retry."
   local major
   major="$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)"

@@ -1,0 +1,76 @@
+"""The project's own service scripts: idempotent, cached, and clear when they cannot start."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.services import ROOT
+
+KAFKA = ["bash", str(ROOT / "scripts" / "kafka.sh")]
+
+
+def _free_port_pair() -> int:
+    """A port whose successor is free too (the controller listens on port + 1)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+        with socket.socket() as second:
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+def _kafka(port: int, action: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KAFKA_PORT": str(port)}
+    return subprocess.run(
+        [*KAFKA, action], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+
+
+@pytest.fixture
+def private_port() -> Iterator[int]:
+    port = _free_port_pair()
+    yield port
+    _kafka(port, "down")
+
+
+def test_kafka_up_twice_then_down_then_up_again(private_port: int) -> None:
+    first = _kafka(private_port, "up")
+    assert first.returncode == 0, first.stderr
+    assert "ready on" in first.stderr
+
+    second = _kafka(private_port, "up")
+    assert second.returncode == 0, second.stderr
+    assert "already running" in second.stderr
+    assert "resolving" not in second.stderr  # the jars are cached, nothing is fetched
+
+    assert _kafka(private_port, "down").returncode == 0
+    assert _kafka(private_port, "status").returncode != 0
+    again = _kafka(private_port, "up")
+    assert again.returncode == 0, again.stderr
+    assert "resolving" not in again.stderr
+    assert (ROOT / ".cache" / "kafka").is_dir()
+
+
+def test_kafka_up_on_a_taken_port_fails_fast_with_the_reason() -> None:
+    port = _free_port_pair()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        started = time.monotonic()
+        result = _kafka(port, "up")
+        elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert f"port {port}" in result.stderr
+    assert "already in use" in result.stderr
+    assert elapsed < 60  # a bound on failing, not a speed claim
