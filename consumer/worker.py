@@ -18,7 +18,13 @@ from tenacity.wait import wait_random_exponential
 from consumer import kafka
 from consumer.config import Settings
 from consumer.deadletter import ReasonClass, dead_letter
-from consumer.errors import BrokerUnavailable, ConsumerError, Fenced, StoreUnavailable
+from consumer.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    ConsumerError,
+    Fenced,
+    StoreUnavailable,
+)
 from consumer.events import Apply, Invalid, Skip, classify
 from consumer.metrics import Metrics
 from consumer.store.base import BatchResult, LedgerEntry, SourceOffset, Store
@@ -161,17 +167,11 @@ class Worker:
         """Consume until stopped (or, in burst mode, until the input is drained)."""
         consumer = kafka.input_consumer(self.settings)
         self._consumer = consumer
-        consumer.subscribe([self.settings.input_topic], listener=_Rebalance(self))
         try:
-            await consumer.start()
-        except KafkaError as exc:
-            raise BrokerUnavailable(
-                f"cannot reach Kafka at {self.settings.kafka_bootstrap_servers}: {exc}. "
-                "Check KAFKA_BOOTSTRAP_SERVERS and the broker, then start again."
-            ) from None
-        if not self.settings.transactional:
-            self._plain_producer = kafka.producer(self.settings)
-            await self._plain_producer.start()
+            await self._start(consumer)
+        except BaseException:
+            await consumer.stop()
+            raise
         log.info(
             "worker.started",
             topic=self.settings.input_topic,
@@ -182,6 +182,36 @@ class Worker:
             await self._loop(consumer)
         finally:
             await self._shutdown(consumer)
+
+    async def _start(self, consumer: AIOKafkaConsumer) -> None:
+        """Connect, check that our three topics exist, then join the group."""
+        try:
+            await consumer.start()
+            existing = await consumer.topics()
+        except KafkaError as exc:
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {self.settings.kafka_bootstrap_servers}: {exc}. "
+                "Check KAFKA_BOOTSTRAP_SERVERS and the broker, then start again."
+            ) from None
+        missing = [
+            f"{name} ({variable})"
+            for variable, name in (
+                ("INPUT_TOPIC", self.settings.input_topic),
+                ("NOTIFICATION_TOPIC", self.settings.notification_topic),
+                ("DEAD_LETTER_TOPIC", self.settings.dead_letter_topic),
+            )
+            if name not in existing
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"topic(s) missing on {self.settings.kafka_bootstrap_servers}: "
+                + ", ".join(missing)
+                + ". Create them, or point the variable(s) at existing topics."
+            )
+        consumer.subscribe([self.settings.input_topic], listener=_Rebalance(self))
+        if not self.settings.transactional:
+            self._plain_producer = kafka.producer(self.settings)
+            await self._plain_producer.start()
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping.is_set():

@@ -155,3 +155,57 @@ async def test_sigterm_stops_gracefully_with_exit_status_zero(
             process.kill()
     assert code == 0
     assert "worker.stopped" in rest.decode()
+
+
+async def test_missing_topic_names_the_variable_to_fix(
+    kafka_bootstrap: str, topics: Topics, sqlite_url: str
+) -> None:
+    env = _environment(
+        _env_from(kafka_bootstrap, topics, sqlite_url), NOTIFICATION_TOPIC="no-such-topic-here"
+    )
+
+    result = await asyncio.to_thread(_run, env, "run", "--once")
+
+    assert result.returncode != 0
+    assert "no-such-topic-here (NOTIFICATION_TOPIC)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_publish_sends_each_file_unchanged(
+    kafka_bootstrap: str, topics: Topics, sqlite_url: str
+) -> None:
+    env = _environment(_env_from(kafka_bootstrap, topics, sqlite_url))
+    seed = workload.SEED_FILE
+
+    result = await asyncio.to_thread(
+        _run,
+        env,
+        "publish",
+        str(seed),
+        str(seed),
+        "--topic",
+        topics.input,
+        "--key",
+        "k1",
+        "--partition",
+        "2",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(f"-> {topics.input}[2]@") == 2
+    records = await read_committed(kafka_bootstrap, topics.input)
+    assert [(r.partition, r.key, r.value) for r in records] == [
+        (2, b"k1", seed.read_bytes()),
+        (2, b"k1", seed.read_bytes()),
+    ]
+
+
+async def test_publish_of_an_unreadable_file_is_a_usage_error(
+    kafka_bootstrap: str, topics: Topics, sqlite_url: str
+) -> None:
+    env = _environment(_env_from(kafka_bootstrap, topics, sqlite_url))
+
+    result = await asyncio.to_thread(_run, env, "publish", "/nonexistent/payload.json")
+
+    assert result.returncode == 2
+    assert "/nonexistent/payload.json" in result.stderr
