@@ -102,6 +102,28 @@ def check() -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of the table.")
+@click.option("--details", default=20, show_default=True, help="Examples of discrepancies shown.")
+def audit(as_json: bool, details: int) -> None:
+    """Reconcile the input with the ledger, notifications, dead letters and offsets.
+
+    Reads INPUT_TOPIC, NOTIFICATION_TOPIC and DEAD_LETTER_TOPIC (read_committed), the offsets
+    committed by CONSUMER_GROUP and the store at DATABASE_URL. Exit status 0 when every record
+    is accounted for and every effect happened exactly once, 1 on any discrepancy.
+    """
+    from consumer.audit import audit as reconcile
+
+    settings = _settings()
+    try:
+        report = asyncio.run(reconcile(settings, details=details))
+    except ConsumerError as exc:
+        _fail(exc)
+    click.echo(report.as_json() if as_json else report.summary())
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@main.command()
 @click.argument("which", type=click.Choice(["input", "output", "asyncapi"]))
 def schema(which: str) -> None:
     """Print the JSON Schema of the input or the output, or the AsyncAPI document."""
