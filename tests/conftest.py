@@ -7,11 +7,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
+import hypothesis.internal.observability  # noqa: F401  see below
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests import services
 from tests.workers import Topics
+
+# hypothesis's pytest plugin imports the package lazily at session end; pytest then rewrites
+# it from deep inside the session, where CPython 3.11 can fail with "AST constructor recursion
+# depth mismatch". Importing it here, at a shallow stack, avoids that.
 
 TopicFactory = Callable[..., Awaitable[str]]
 

@@ -11,7 +11,7 @@ import pytest
 from consumer.http import readiness
 from consumer.metrics import Metrics
 from consumer.store import open_store
-from consumer.worker import Worker
+from consumer.worker import Hooks, Worker
 from tests import services, workload
 from tests.conditions import eventually
 from tests.conftest import TopicFactory
@@ -137,3 +137,63 @@ async def test_database_outage_delays_but_loses_and_duplicates_nothing(
     assert len(await read_committed(kafka_bootstrap, topics.notifications)) == 50
     assert await read_committed(kafka_bootstrap, topics.dead_letters) == []
     assert metrics.value("loyalty_consumer_dead_lettered_total", {"reason_class": "invalid"}) == 0
+
+
+async def test_a_zombie_that_wakes_after_losing_its_partition_is_fenced(
+    kafka_bootstrap: str, new_topic: TopicFactory, postgres_url: str
+) -> None:
+    """The replica stuck between its database commit and its Kafka commit loses the
+    partition; the new owner re-emits (replays); the zombie's late transaction must fail."""
+    topics = Topics(await new_topic("in"), await new_topic("notify"), await new_topic("dlq"))
+    settings = settings_for(
+        kafka_bootstrap, topics, postgres_url, max_poll_interval_ms=6000, session_timeout_ms=6000
+    )
+    ids = [f"vtx_zombie{i}" for i in range(5)]
+    await produce(
+        kafka_bootstrap, topics.input, [workload.encode(workload.activation(tx)) for tx in ids]
+    )
+    stuck, release = asyncio.Event(), asyncio.Event()
+
+    async def hang_after_database_commit() -> None:
+        stuck.set()
+        await release.wait()
+
+    zombie_store = await open_store(postgres_url, migrate=True)
+    owner_store = await open_store(postgres_url)
+    zombie_metrics, owner_metrics = Metrics(), Metrics()
+    zombie = Worker(
+        settings,
+        zombie_store,
+        metrics=zombie_metrics,
+        hooks=Hooks(after_store_commit=hang_after_database_commit),
+    )
+    owner = Worker(settings, owner_store, metrics=owner_metrics)
+    zombie_run = asyncio.create_task(zombie.run())
+    owner_run: asyncio.Task[None] | None = None
+    try:
+        await asyncio.wait_for(stuck.wait(), 60)
+        owner_run = asyncio.create_task(owner.run())
+        await eventually(
+            lambda: group_caught_up(kafka_bootstrap, settings.consumer_group, topics.input),
+            what="the new owner to take the partition over and commit",
+        )
+        release.set()  # the zombie wakes up and tries to commit its stale transaction
+    finally:
+        release.set()
+        zombie.stop()
+        owner.stop()
+        outcomes = await asyncio.gather(
+            zombie_run, *([owner_run] if owner_run else []), return_exceptions=True
+        )
+        await zombie_store.close()
+    assert outcomes == [None, None]  # both replicas ran to a clean stop
+    try:
+        assert (await owner_store.counts()).ledger_entries == 5
+        card = await owner_store.card(workload.SEED_VOUCHER_ID)
+        assert card is not None and card.activated_points == 5 * 23
+    finally:
+        await owner_store.close()
+    notes = await read_committed(kafka_bootstrap, topics.notifications)
+    assert sorted(json.loads(n.value)["voucherify"]["transaction_id"] for n in notes) == ids
+    assert owner_metrics.value("loyalty_consumer_replays_total") == 5
+    assert zombie_metrics.value("loyalty_consumer_applied_total") == 0
