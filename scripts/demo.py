@@ -128,11 +128,11 @@ async def main() -> int:
     _section(f"dead-lettered, from {settings.dead_letter_topic}")
     for record in await _read_committed(settings, settings.dead_letter_topic):
         headers = record.headers  # type: ignore[attr-defined]
-        topic, partition, offset, reason = (
-            header(headers, f"dlq.{name}")
-            for name in ("source.topic", "source.partition", "source.offset", "reason")
+        source, at, reason = (
+            header(headers, f"dlq.{name}") for name in ("source.topic", "source.offset", "reason")
         )
-        print(f"  from {topic}[{partition}]@{offset}: {reason}")
+        where = header(headers, "dlq.source.partition")
+        print(f"  from {source}[{where}]@{at}: {reason}")
 
     _section("counts")
     for name in ("records_consumed", "applied", "duplicates", "replays", "skipped"):
