@@ -74,6 +74,8 @@ ready() { python3 "$ROOT/scripts/kafka_ready.py" "127.0.0.1:$KAFKA_PORT" 2>/dev/
 port_taken() { python3 - "$1" <<'PY'
 import socket, sys
 s = socket.socket()
+# As the broker binds: a port held only by TIME_WAIT connections of a previous run is free.
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:
