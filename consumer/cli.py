@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
+from datetime import datetime
 from typing import NoReturn
 
 import click
 
-from consumer import __version__, logs
+from consumer import __version__, dlq, logs
 from consumer.asyncapi import asyncapi_json
 from consumer.config import Settings, load_settings
 from consumer.errors import ConfigurationError, ConsumerError
@@ -205,3 +207,92 @@ def migrate(database_url: str) -> None:
     for migration in report.applied:
         click.echo(f"applied migration {migration.version:04d}_{migration.name}")
     click.echo(f"schema version {report.version}")
+
+
+@main.group("dlq")
+def dlq_commands() -> None:
+    """The dead-letter topic: list it, replay its records into the input topic exactly once."""
+    # These commands end with one line naming any problem; aiokafka's own log lines (one per
+    # failed connection attempt) would only repeat it.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
+@dlq_commands.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for machines.")
+def dlq_list(as_json: bool) -> None:
+    """Count the dead letters per reason, newest first, and how many were replayed."""
+    settings = _settings()
+    try:
+        inventory = asyncio.run(dlq.list_dead_letters(settings))
+    except ConsumerError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(dlq.inventory_json(inventory))
+    else:
+        click.echo("\n".join(dlq.inventory_lines(inventory)))
+
+
+def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return dlq.parse_since(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@dlq_commands.command("replay")
+@click.option("--reason", metavar="TEXT", help="Only reasons containing TEXT (any case).")
+@click.option(
+    "--reason-class", type=click.Choice(["invalid", "persistent"]), help="Only this class."
+)
+@click.option(
+    "--since",
+    metavar="ISO8601|DURATION",
+    callback=_since,
+    help="Only dead-lettered at or after: 2026-01-01T02:00:00Z, or back from now: 90m, 2h, 7d.",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would be replayed; publish nothing.")
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, 10_000),
+    default=500,
+    show_default=True,
+    help="Records per Kafka transaction.",
+)
+def dlq_replay(
+    reason: str | None,
+    reason_class: str | None,
+    since: datetime | None,
+    dry_run: bool,
+    chunk_size: int,
+) -> None:
+    """Re-publish dead letters not replayed yet to INPUT_TOPIC, each exactly once.
+
+    The original key, value and headers are re-published, plus `dlq.replayed_from`. Safe to
+    interrupt and run again; dead letters left out by the filters stay for a later run.
+    """
+    settings = _settings()
+    selection = dlq.Selection(reason=reason, reason_class=reason_class, since=since)
+
+    def progress(chunk: dlq.ChunkCommitted) -> None:
+        click.echo(
+            f"committed chunk {chunk.number}: {chunk.records} records from "
+            f"{settings.dead_letter_topic}/{chunk.partition} "
+            f"offsets {chunk.first_offset}..{chunk.last_offset}"
+        )
+
+    try:
+        report = asyncio.run(
+            dlq.replay(
+                settings,
+                selection,
+                chunk_size=chunk_size,
+                dry_run=dry_run,
+                hooks=dlq.hooks_from_environment(),
+                on_chunk=progress,
+            )
+        )
+    except ConsumerError as exc:
+        _fail(exc)
+    click.echo("\n".join(dlq.report_lines(report)))
