@@ -6,6 +6,8 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from tests.conditions import eventually
+
 
 async def _read_all(bootstrap: str, topic: str, isolation_level: str) -> list[bytes]:
     consumer = AIOKafkaConsumer(
@@ -79,7 +81,12 @@ async def test_send_offsets_to_transaction_moves_the_group_offset(
         async with producer.transaction():
             await producer.send_offsets_to_transaction({tp: 3}, group)
 
-        assert await consumer.committed(tp) == 3
+        # The offset commit becomes visible once the coordinator has written the
+        # transaction's markers, which happens just after commit_transaction returns.
+        async def committed_is_three() -> bool:
+            return bool(await consumer.committed(tp) == 3)
+
+        await eventually(committed_is_three, timeout=30, what="the transactional offset commit")
     finally:
         await consumer.stop()
         await producer.stop()
