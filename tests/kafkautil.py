@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -51,7 +52,7 @@ async def read_committed(bootstrap: str, topic: str) -> list[ConsumerRecord]:
             ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
+        ends = await _settled_ends(bootstrap, consumer, partitions)
         records: list[ConsumerRecord] = []
         while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             batch = await consumer.getmany(timeout_ms=500)
@@ -60,6 +61,29 @@ async def read_committed(bootstrap: str, topic: str) -> list[ConsumerRecord]:
         return records
     finally:
         await consumer.stop()
+
+
+async def _settled_ends(
+    bootstrap: str, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The last stable offsets, once they have caught up with the high watermarks.
+
+    A committed transaction's markers are written just after commit_transaction returns;
+    until then its records are invisible to read_committed. With no transaction left open,
+    waiting for the two ends to meet makes "everything committed so far" well defined.
+    """
+    raw = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_uncommitted")
+    await raw.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            stable = await consumer.end_offsets(partitions)
+            high = await raw.end_offsets(partitions)
+            if stable == high or asyncio.get_running_loop().time() > deadline:
+                return dict(stable)
+            await asyncio.sleep(0.05)
+    finally:
+        await raw.stop()
 
 
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:

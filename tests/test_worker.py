@@ -7,6 +7,7 @@ import json
 from consumer.deadletter import header
 from consumer.store import open_store
 from tests import workload
+from tests.conditions import eventually
 from tests.kafkautil import group_caught_up, produce, read_committed
 from tests.workers import Topics, drain, settings_for
 
@@ -118,7 +119,11 @@ async def test_mixed_batch_is_accounted_exactly(
             assert card is not None and card.activated_points == expected
     finally:
         await store.close()
-    assert await group_caught_up(kafka_bootstrap, settings.consumer_group, topics.input)
+    await eventually(
+        lambda: group_caught_up(kafka_bootstrap, settings.consumer_group, topics.input),
+        timeout=30,
+        what="the group's committed offsets to reach the end of the input",
+    )
 
 
 async def test_dead_letter_keeps_the_original_record_byte_for_byte(
@@ -185,7 +190,11 @@ async def test_a_record_that_keeps_failing_is_dead_lettered_after_its_attempts(
         assert await store.ledger_entry("vtx_overflow") is None
     finally:
         await store.close()
-    assert await group_caught_up(kafka_bootstrap, settings.consumer_group, topics.input)
+    await eventually(
+        lambda: group_caught_up(kafka_bootstrap, settings.consumer_group, topics.input),
+        timeout=30,
+        what="the group's committed offsets to reach the end of the input",
+    )
 
 
 async def test_at_least_once_mode_applies_once_and_commits_offsets(
@@ -201,4 +210,8 @@ async def test_at_least_once_mode_applies_once_and_commits_offsets(
     assert metrics.value("loyalty_consumer_duplicates_total") == 2
     assert len(await read_committed(kafka_bootstrap, topics.notifications)) == 5
     assert len(await read_committed(kafka_bootstrap, topics.dead_letters)) == 1
-    assert await group_caught_up(kafka_bootstrap, settings.consumer_group, topics.input)
+    await eventually(
+        lambda: group_caught_up(kafka_bootstrap, settings.consumer_group, topics.input),
+        timeout=30,
+        what="the group's committed offsets to reach the end of the input",
+    )
