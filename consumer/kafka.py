@@ -6,9 +6,21 @@ import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
 from aiokafka.helpers import create_ssl_context
 
 from consumer.config import Settings
+from consumer.errors import BrokerUnavailable, ConfigurationError, ConsumerError
+
+# How long the diagnosis of a failed start may wait for one broker: it runs only on failure.
+DIAGNOSIS_TIMEOUT_MS = 10_000
 
 
 def connection_options(settings: Settings) -> dict[str, Any]:
@@ -33,13 +45,86 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
         if settings.kafka_ssl_keyfile_password
         else None
     )
-    context: ssl.SSLContext = create_ssl_context(
-        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
-        certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
-        keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-        password=password,
-    )
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+            certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+            keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+            password=password,
+        )
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigurationError(
+            f"cannot load the TLS files ({exc.strerror or exc}); check KAFKA_SSL_CAFILE, "
+            "KAFKA_SSL_CERTFILE, KAFKA_SSL_KEYFILE and KAFKA_SSL_KEYFILE_PASSWORD"
+        ) from None
     return context
+
+
+async def connection_problem(settings: Settings, error: BaseException) -> ConsumerError:
+    """Why a client could not start, in terms of the settings to fix.
+
+    aiokafka reports every failed bootstrap as "Unable to bootstrap" and only logs the cause,
+    so connect once more by hand to find it. Rejected credentials and TLS trouble are
+    configuration errors: retrying or restarting cannot fix them, so the caller stops.
+    """
+    options = connection_options(settings)
+    hung_up = False
+    for server in options["bootstrap_servers"]:
+        try:
+            connection = await create_conn(
+                *_host_and_port(server),
+                client_id=settings.client_id,
+                request_timeout_ms=DIAGNOSIS_TIMEOUT_MS,
+                ssl_context=options.get("ssl_context"),
+                security_protocol=settings.kafka_security_protocol,
+                sasl_mechanism=settings.kafka_sasl_mechanism,
+                sasl_plain_username=settings.kafka_sasl_username,
+                sasl_plain_password=settings.sasl_password(),
+            )
+        except (SaslAuthenticationFailed, AuthenticationFailedError):
+            return ConfigurationError(
+                f"Kafka at {server} rejected the credentials of user "
+                f"{settings.kafka_sasl_username!r} ({settings.kafka_sasl_mechanism}); check "
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE)"
+            )
+        except UnsupportedSaslMechanismError:
+            return ConfigurationError(
+                f"Kafka at {server} does not accept the SASL mechanism "
+                f"{settings.kafka_sasl_mechanism}; check KAFKA_SASL_MECHANISM"
+            )
+        except ssl.SSLCertVerificationError as exc:
+            return ConfigurationError(
+                f"the TLS certificate of Kafka at {server} is not trusted ({exc.verify_message}); "
+                "check KAFKA_SSL_CAFILE (the CA that signed the brokers' certificates)"
+            )
+        except ssl.SSLError as exc:
+            return ConfigurationError(
+                f"the TLS handshake with Kafka at {server} failed ({exc.reason}); check "
+                "KAFKA_SECURITY_PROTOCOL and, if the broker wants a client certificate, "
+                "KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE"
+            )
+        except KafkaConnectionError:
+            hung_up = True  # a listener took the connection, then closed it
+            continue
+        except (KafkaError, OSError, TimeoutError, ValueError):
+            continue
+        connection.close()
+    if hung_up:
+        return BrokerUnavailable(
+            f"Kafka at {settings.kafka_bootstrap_servers} accepted the connection, then closed "
+            f"it: check that the listener speaks KAFKA_SECURITY_PROTOCOL="
+            f"{settings.kafka_security_protocol}, and whether it requires a client certificate "
+            "(KAFKA_SSL_CERTFILE, KAFKA_SSL_KEYFILE)"
+        )
+    return BrokerUnavailable(
+        f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {error}. "
+        "Check KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL and the broker, then start again."
+    )
+
+
+def _host_and_port(server: str) -> tuple[str, int]:
+    host, colon, port = server.strip().rpartition(":")
+    return (host.strip("[]"), int(port)) if colon else (port, 9092)  # Kafka's default port
 
 
 def input_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:

@@ -26,10 +26,8 @@ async def publish_records(
     try:
         await producer.start()
     except KafkaError as exc:
-        raise BrokerUnavailable(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}. "
-            "Check KAFKA_BOOTSTRAP_SERVERS."
-        ) from None
+        await producer.stop()
+        raise await kafka.connection_problem(settings, exc) from None
     placed = []
     try:
         for _name, value in payloads:
@@ -67,16 +65,24 @@ async def check_dependencies(settings: Settings) -> CheckReport:
 
 
 async def _check_kafka(settings: Settings, report: CheckReport) -> None:
-    admin = AIOKafkaAdminClient(**kafka.connection_options(settings), request_timeout_ms=10_000)
     try:
-        await admin.start()
-        topics = set(await admin.list_topics())
-    except (KafkaError, OSError) as exc:
-        report.fail(
-            f"kafka: cannot reach {settings.kafka_bootstrap_servers} ({type(exc).__name__}: "
-            f"{exc}); check KAFKA_BOOTSTRAP_SERVERS and the security settings"
-        )
+        options = kafka.connection_options(settings)
+    except ConsumerError as exc:  # TLS files that do not load
+        report.fail(f"kafka: {exc}")
         return
+    admin = AIOKafkaAdminClient(**options, request_timeout_ms=10_000)
+    try:
+        try:
+            await admin.start()
+        except (KafkaError, OSError) as exc:
+            # Names rejected credentials or TLS trouble, not just "unable to bootstrap".
+            report.fail(f"kafka: {await kafka.connection_problem(settings, exc)}")
+            return
+        try:
+            topics = set(await admin.list_topics())
+        except (KafkaError, OSError) as exc:
+            report.fail(f"kafka: listing the topics failed ({type(exc).__name__}: {exc})")
+            return
     finally:
         await admin.close()
     report.ok(f"kafka: {settings.kafka_bootstrap_servers}")

@@ -189,10 +189,9 @@ class Worker:
             await consumer.start()
             existing = await consumer.topics()
         except KafkaError as exc:
-            raise BrokerUnavailable(
-                f"cannot reach Kafka at {self.settings.kafka_bootstrap_servers}: {exc}. "
-                "Check KAFKA_BOOTSTRAP_SERVERS and the broker, then start again."
-            ) from None
+            # Rejected credentials and TLS trouble say which setting to fix; the rest is
+            # an unreachable broker.
+            raise await kafka.connection_problem(self.settings, exc) from None
         missing = [
             f"{name} ({variable})"
             for variable, name in (

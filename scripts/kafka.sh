@@ -19,6 +19,9 @@ PIDFILE="$RUN/kafka.pid"
 LOG="$RUN/broker.log"
 # Extra broker settings (one key=value per line), e.g. the SASL/SSL test's listeners.
 KAFKA_EXTRA_CONFIG="${KAFKA_EXTRA_CONFIG:-}"
+# Extra arguments for the storage format (split on whitespace, no globbing), e.g. the SCRAM
+# users of the SASL test: --add-scram SCRAM-SHA-512=[name=alice,password=...]
+read -r -a KAFKA_FORMAT_ARGS <<< "${KAFKA_FORMAT_ARGS:-}"
 
 JVM=(java $KAFKA_HEAP -XX:+UseG1GC -Djava.awt.headless=true
      "-Dlog4j2.configurationFile=$RUN/log4j2.properties" -cp "$LIBS/*")
@@ -140,7 +143,7 @@ cmd_up() {
   fi
   rm -rf "$RUN" && write_config
   "${JVM[@]}" kafka.tools.StorageTool format -t "$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
-      -c "$RUN/server.properties" >"$RUN/format.log" 2>&1 || { cat "$RUN/format.log" >&2; die "formatting the storage failed (see above)"; }
+      -c "$RUN/server.properties" ${KAFKA_FORMAT_ARGS[@]+"${KAFKA_FORMAT_ARGS[@]}"} >"$RUN/format.log" 2>&1 || { cat "$RUN/format.log" >&2; die "formatting the storage failed (see above)"; }
   launch
 }
 
