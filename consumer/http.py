@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from consumer.errors import ConfigurationError
 from consumer.store.base import Store
 from consumer.worker import Worker
 
+log = structlog.get_logger("consumer.http")
+
 ALIVE_WITHIN_S = 60.0  # the loop turns at least every BATCH_MAX_WAIT_MS; a minute means stuck
+# Below the probes' 3 s timeout (deploy/k8s), so a hung database still gets a reasoned 503.
+PING_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,26 +28,41 @@ class Readiness:
 
 
 async def readiness(worker: Worker, store: Store) -> Readiness:
-    """Ready when the store answers, nothing is degraded and no partition is stalled."""
+    """Ready when partitions are assigned (or a normal wait for them is on), the store answers,
+    nothing is being retried and no partition is stalled."""
+    health = worker.health
+    patience = worker.settings.stall_timeout_s
     reasons: list[str] = []
-    if worker.health.degraded:
-        reasons.append(f"retrying {worker.health.degraded}")
+    if health.degraded:
+        reasons.append(f"retrying {health.degraded}")
+    unassigned = health.unassigned_for()
+    if unassigned > patience:
+        reasons.append(
+            f"no partitions assigned for {unassigned:.0f}s "
+            "(more replicas than partitions, or the group does not settle)"
+        )
     try:
-        await store.ping()
+        async with asyncio.timeout(PING_TIMEOUT_S):
+            await store.ping()
+    except TimeoutError:
+        reasons.append(f"store unreachable: no answer within {PING_TIMEOUT_S:g}s")
     except Exception as exc:  # noqa: BLE001  any failure means not ready; the reason is shown
         reasons.append(f"store unreachable: {exc}")
-    if worker.health.stalled:
-        reasons.append("stalled partitions: " + ", ".join(worker.health.stalled))
+    if stalled := health.stalled_after(patience):
+        reasons.append(f"no progress for over {patience:g}s on " + ", ".join(stalled))
     ready = not reasons
     worker.metrics.ready.set(1 if ready else 0)
     return Readiness(ready, reasons)
 
 
 def make_app(worker: Worker, store: Store) -> web.Application:
+    # A batch may legitimately take two attempt timeouts (store, then Kafka) without a turn.
+    alive_within = max(ALIVE_WITHIN_S, 3 * worker.settings.retry_attempt_timeout_s)
+
     async def healthz(_: web.Request) -> web.Response:
-        age = time.monotonic() - worker.health.alive_at
-        if age > ALIVE_WITHIN_S:
-            return web.json_response({"alive": False, "loop_idle_s": round(age, 1)}, status=503)
+        idle = time.monotonic() - worker.health.alive_at
+        if idle > alive_within:
+            return web.json_response({"alive": False, "loop_idle_s": round(idle, 1)}, status=503)
         return web.json_response({"alive": True})
 
     async def readyz(_: web.Request) -> web.Response:
@@ -53,7 +75,7 @@ def make_app(worker: Worker, store: Store) -> web.Application:
         return web.json_response(body, status=200 if state.ready else 503)
 
     async def metrics(_: web.Request) -> web.Response:
-        await readiness(worker, store)
+        await readiness(worker, store)  # loyalty_consumer_ready is as fresh as the scrape
         return web.Response(
             body=generate_latest(worker.metrics.registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
@@ -67,8 +89,19 @@ def make_app(worker: Worker, store: Store) -> web.Application:
 
 
 async def serve(worker: Worker, store: Store, host: str, port: int) -> web.AppRunner:
-    """Start the endpoints on the running loop; the caller cleans up the returned runner."""
+    """Start the endpoints on the running loop; the caller cleans up the returned runner.
+
+    Port 0 takes a free port (tests); `runner.addresses` says which.
+    """
     runner = web.AppRunner(make_app(worker, store), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigurationError(
+            f"cannot serve HTTP on {host}:{port} ({exc.strerror}); "
+            "set HTTP_PORT to a free port (0 turns the endpoints off)"
+        ) from None
+    log.info("http.listening", host=host, port=runner.addresses[0][1])
     return runner

@@ -89,6 +89,12 @@ class Metrics:
             registry=r,
         )
 
+        # Every label value exists from the start, so that increase() sees the first event.
+        for reason_class in ("invalid", "persistent"):
+            self.dead_lettered.labels(reason_class)
+        for cause in ("store", "broker"):
+            self.retries.labels(cause)
+
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """The current value of one sample (tests and the demo read counters this way)."""
         found = self.registry.get_sample_value(name, labels or {})

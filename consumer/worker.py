@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -91,12 +91,31 @@ class Hooks:
 
 @dataclass(slots=True)
 class Health:
-    """What /healthz and /readyz report."""
+    """What /healthz and /readyz report: written by the worker, read by the HTTP handlers."""
 
     alive_at: float = field(default_factory=time.monotonic)
     degraded: str | None = None  # why, while retrying infrastructure
     assigned: int = 0
-    stalled: list[str] = field(default_factory=list)
+    unassigned_since: float | None = field(default_factory=time.monotonic)
+    stalled: list[str] = field(default_factory=list)  # lag without progress, as the loop saw it
+    batch_since: float | None = None  # when the batch in flight started
+    batch_partitions: list[str] = field(default_factory=list)
+
+    def stalled_after(self, timeout_s: float) -> list[str]:
+        """Partitions whose work has not moved for `timeout_s`, as of now.
+
+        The loop's view goes stale while a batch hangs, so a batch in flight for longer than
+        the timeout stalls its partitions too.
+        """
+        stalled = list(self.stalled)
+        if self.batch_since is not None and time.monotonic() - self.batch_since > timeout_s:
+            stalled += [p for p in self.batch_partitions if p not in stalled]
+        return stalled
+
+    def unassigned_for(self) -> float:
+        """Seconds without partitions: 0 while some are assigned."""
+        since = self.unassigned_since
+        return 0.0 if since is None else time.monotonic() - since
 
 
 def _is_retriable(exc: BaseException) -> bool:
@@ -151,7 +170,6 @@ class Worker:
         self._attempts: dict[tuple[TopicPartition, int], int] = {}
         self._progress: dict[TopicPartition, tuple[int, float]] = {}
         self._fenced: set[TopicPartition] = set()
-        self._unassigned_since: float | None = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -224,7 +242,8 @@ class Worker:
             ]
             if batches:
                 async with self._batch_lock:
-                    await self._process(consumer, batches)
+                    with self._in_flight(batches):
+                        await self._process(consumer, batches)
             await self._observe(consumer)
             if not batches and self.burst and await self._drained(consumer):
                 log.info("worker.drained")
@@ -252,6 +271,9 @@ class Worker:
                 with contextlib.suppress(KeyError):
                     self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
             self._attempts.clear()
+        self.health.assigned = 0
+        self.health.unassigned_since = time.monotonic()
+        self.metrics.assigned_partitions.set(0)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         # Under the batch lock: a batch must not race us to open the same producer.
@@ -261,7 +283,7 @@ class Worker:
                 await asyncio.gather(*(self._open_producer(tp) for tp in assigned))
         self.health.assigned = len(assigned)
         self.metrics.assigned_partitions.set(len(assigned))
-        self._unassigned_since = None if assigned else time.monotonic()
+        self.health.unassigned_since = None if assigned else time.monotonic()
         log.info("partitions.assigned", partitions=sorted(tp.partition for tp in assigned))
 
     def transactional_id(self, tp: TopicPartition) -> str:
@@ -623,6 +645,7 @@ class Worker:
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             self.metrics.retries.labels(cause).inc()
+            self.health.alive_at = time.monotonic()  # waiting out an outage is not hanging
             self._degrade(f"{cause}: {error}")
             if consumer is not None and consumer.assignment():
                 consumer.pause(*consumer.assignment())
@@ -664,6 +687,23 @@ class Worker:
             log.info("worker.recovered", was=self.health.degraded)
         self.health.degraded = None
 
+    @contextlib.contextmanager
+    def _in_flight(self, batches: list[PartitionBatch]) -> Iterator[None]:
+        """While a batch runs: its partitions can stall, and every log event carries its offsets."""
+        self.health.batch_since = time.monotonic()
+        self.health.batch_partitions = [f"{b.tp.topic}[{b.tp.partition}]" for b in batches]
+        offsets = {
+            str(b.tp.partition): [int(b.records[0].offset), int(b.records[-1].offset)]
+            for b in batches
+        }
+        try:
+            with structlog.contextvars.bound_contextvars(
+                topic=self.settings.input_topic, offsets=offsets
+            ):
+                yield
+        finally:
+            self.health.batch_since = None
+
     async def _observe(self, consumer: AIOKafkaConsumer) -> None:
         """Lag per partition and stall detection, from what the last fetch told us."""
         now = time.monotonic()
@@ -691,8 +731,7 @@ class Worker:
         """Burst mode: every assigned partition is read to its end (or none come at all)."""
         assignment = consumer.assignment()
         if not assignment:
-            waited = time.monotonic() - (self._unassigned_since or time.monotonic())
-            return waited > self.settings.session_timeout_ms / 1000
+            return self.health.unassigned_for() > self.settings.session_timeout_ms / 1000
         ends = await consumer.end_offsets(list(assignment))
         for tp in assignment:
             if await consumer.position(tp) < ends[tp]:
