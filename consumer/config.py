@@ -107,6 +107,14 @@ class Settings(BaseSettings):
         return None
 
 
+# Settings whose values an error never shows: credentials, or a URL that may embed one.
+_SECRET_MARKERS = ("PASSWORD", "SECRET", "TOKEN", "CREDENTIAL", "DATABASE_URL")
+
+
+def _holds_secret(variable: str) -> bool:
+    return any(marker in variable for marker in _SECRET_MARKERS)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the environment; on a bad value raise one error naming every variable at fault."""
     try:
@@ -117,7 +125,7 @@ def load_settings(**overrides: object) -> Settings:
             where = ".".join(str(part) for part in error["loc"]).upper()
             message = error["msg"].removeprefix("Value error, ")
             value = error.get("input")
-            shown = "" if "PASSWORD" in where or not where else f" (got {value!r})"
+            shown = "" if _holds_secret(where) or not where else f" (got {value!r})"
             problems.append(f"{where}: {message}{shown}" if where else message)
         raise ConfigurationError(
             "invalid configuration:\n  "

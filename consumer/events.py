@@ -86,6 +86,11 @@ def _show(value: object) -> str:
     return shown
 
 
+def _show_kind(value: object) -> str:
+    """Like `_show`, but a string is only named, never quoted (personal data)."""
+    return "a string" if isinstance(value, str) else _show(value)
+
+
 def _reject(kind: str, message: str, value: object) -> PydanticCustomError:
     return PydanticCustomError(kind, message + ", got {got}", {"got": _show(value)})
 
@@ -606,12 +611,16 @@ def _reasons(error: ValidationError, prefix: str) -> list[str]:
 
 def _problem(detail: ErrorDetails) -> str:
     kind = detail["type"]
+    # Reasons reach headers and logs: text found where the customer belongs may be a name
+    # or an address, so it is described, never quoted.
+    loc = detail["loc"][1:] if detail["loc"][:1] == ("data",) else detail["loc"]
+    show = _show_kind if loc[:1] == ("customer",) else _show
     if kind == "missing":
         return "required field is missing"
     if kind in _OBJECT_ERRORS:
-        return f"must be an object, got {_show(detail['input'])}"
+        return f"must be an object, got {show(detail['input'])}"
     if kind == "string_type":
-        return f"must be a string or null, got {_show(detail['input'])}"
+        return f"must be a string or null, got {show(detail['input'])}"
     # The field types above phrase their own messages in this same form.
     return detail["msg"]
 
