@@ -25,7 +25,7 @@ from consumer import kafka
 from consumer.config import Settings
 from consumer.ops import check_dependencies
 from consumer.store import open_store
-from tests import workload
+from tests import services, workload
 from tests.securebroker import SecureBroker, secure_broker
 from tests.workers import Topics, drain, settings_for
 
@@ -36,7 +36,10 @@ WRONG_PASSWORD = "Wrong-Secret-Q7"
 def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     missing = [tool for tool in ("java", "openssl") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"the security tests start their own broker and need {', '.join(missing)}")
+        message = f"the security tests start their own broker and need {', '.join(missing)}"
+        if services.in_ci():  # as for the shared services: in CI a missing tool fails the run
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
     with secure_broker(tmp_path_factory.mktemp("secure-kafka")) as broker:
         yield broker
 
