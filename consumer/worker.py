@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never
 from tenacity.wait import wait_random_exponential
 
@@ -21,7 +21,6 @@ from consumer.deadletter import ReasonClass, dead_letter
 from consumer.errors import (
     BrokerUnavailable,
     ConfigurationError,
-    ConsumerError,
     Fenced,
     StoreUnavailable,
 )
@@ -124,13 +123,18 @@ def _is_retriable(exc: BaseException) -> bool:
 
 def _as_consumer_error(exc: BaseException) -> BaseException:
     """Kafka's own errors carry `retriable`; give them our type so callers branch once."""
-    if isinstance(exc, ProducerFenced):
+    if isinstance(exc, ProducerFenced | InvalidProducerEpoch):
         return Fenced(str(exc))
     if isinstance(exc, KafkaError) and exc.retriable:
         return BrokerUnavailable(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, TimeoutError):
         return BrokerUnavailable("timed out talking to Kafka")
     return exc
+
+
+def _retrieve_quietly(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -245,9 +249,19 @@ class Worker:
                     with self._in_flight(batches):
                         await self._process(consumer, batches)
             await self._observe(consumer)
+            if self._fenced and not self._stopping.is_set():
+                self._rejoin(consumer)
             if not batches and self.burst and await self._drained(consumer):
                 log.info("worker.drained")
                 return
+
+    def _rejoin(self, consumer: AIOKafkaConsumer) -> None:
+        """Fenced while the group still lists us (a zombie, or a transaction that timed out):
+        leave and join again, so the group decides afresh who owns what."""
+        log.warning("group.rejoin", fenced=sorted(tp.partition for tp in self._fenced))
+        self._fenced.clear()
+        consumer.unsubscribe()
+        consumer.subscribe([self.settings.input_topic], listener=_Rebalance(self))
 
     async def _shutdown(self, consumer: AIOKafkaConsumer) -> None:
         async with self._batch_lock:
@@ -279,6 +293,8 @@ class Worker:
         # Under the batch lock: a batch must not race us to open the same producer.
         async with self._batch_lock:
             self._fenced.clear()
+            # Producers of partitions we no longer own (after a rejoin) are closed here.
+            await self._close_producers([tp for tp in self._producers if tp not in assigned])
             if self.settings.transactional:
                 await asyncio.gather(*(self._open_producer(tp) for tp in assigned))
         self.health.assigned = len(assigned)
@@ -542,7 +558,7 @@ class Worker:
         """Outputs and the consumed offset in one Kafka transaction, retried while transient."""
         try:
             await self._retrying("broker", lambda: self._commit_partition_once(batch))
-        except ConsumerError:
+        except Exception:
             # Not ours any more, or not retriable: fetch the batch again from the committed
             # offset; the ledger then tells replays (re-emit) from duplicates.
             await self._rewind(consumer, batch.tp)
@@ -572,12 +588,19 @@ class Worker:
     @staticmethod
     async def _transaction(producer: AIOKafkaProducer, batch: PartitionBatch, group: str) -> None:
         await producer.begin_transaction()
-        sent = [
-            await producer.send(o.topic, value=o.value, key=o.key, headers=o.headers)
-            for o in batch.outputs
-        ]
-        await producer.send_offsets_to_transaction({batch.tp: batch.next_offset}, group)
-        await asyncio.gather(*sent)
+        sent: list[asyncio.Future[Any]] = []
+        try:
+            for o in batch.outputs:
+                sent.append(
+                    await producer.send(o.topic, value=o.value, key=o.key, headers=o.headers)
+                )
+            await producer.send_offsets_to_transaction({batch.tp: batch.next_offset}, group)
+            await asyncio.gather(*sent)
+        except BaseException:
+            # The transaction is abandoned; its sends fail too and nobody else will look.
+            for future in sent:
+                future.add_done_callback(_retrieve_quietly)
+            raise
         await producer.commit_transaction()
 
     @staticmethod
