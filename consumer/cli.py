@@ -37,7 +37,7 @@ def main() -> None:
 
 
 def _settings() -> Settings:
-    """The settings from the environment, or exit 2 with what to fix."""
+    """The settings from the environment, or exit 1 with what to fix."""
     try:
         return load_settings()
     except ConfigurationError as exc:
