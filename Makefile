@@ -36,6 +36,11 @@ pytest: install
 demo: install
 	bash scripts/demo.sh
 
+# Replicas killed, frozen into zombies and restarted while the broker and PostgreSQL restart
+# under them; then the audit. Its own broker and database; ARGS="--seed N ..." reproduces a run.
+chaos: install
+	$(BIN)/python -m tests.chaos $(ARGS)
+
 kafka-up:
 	bash scripts/kafka.sh up
 
