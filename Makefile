@@ -41,6 +41,18 @@ demo: install
 chaos: install
 	$(BIN)/python -m tests.chaos $(ARGS)
 
+# Performance (issue #7): starts its own broker (port 39092) and PostgreSQL, measures the
+# worker against the passthrough ceiling and a naive loop, stops both. README "Performance".
+$(VENV)/.bench-extra: pyproject.toml $(BIN)/loyalty-consumer
+	$(BIN)/pip install -q -e ".[dev,bench]"
+	@touch $@
+
+bench: $(VENV)/.bench-extra
+	$(BIN)/python -m bench $(ARGS)
+
+bench-quick: $(VENV)/.bench-extra
+	$(BIN)/python -m bench --quick $(ARGS)
+
 kafka-up:
 	bash scripts/kafka.sh up
 
