@@ -31,6 +31,9 @@ from consumer.transform import notification_record, to_ledger_entry
 
 log = structlog.get_logger("consumer.worker")
 
+# How long a batch waits for records that reached the broker while the last one committed.
+TOP_UP_WAIT_MS = 20
+
 
 class Record(Protocol):
     """What we read of aiokafka's ConsumerRecord (aiokafka ships no type information)."""
@@ -174,6 +177,9 @@ class Worker:
         self._attempts: dict[tuple[TopicPartition, int], int] = {}
         self._progress: dict[TopicPartition, tuple[int, float]] = {}
         self._fenced: set[TopicPartition] = set()
+        # Partitions whose last transaction ended without an answer: it may have committed.
+        self._in_doubt: set[TopicPartition] = set()
+        self._rebalances = 0  # counts revocations: positions restart from the committed offsets
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -241,6 +247,7 @@ class Worker:
                 timeout_ms=self.settings.batch_max_wait_ms,
                 max_records=self.settings.batch_max_records,
             )
+            polled = await self._top_up(consumer, polled)
             batches = [
                 PartitionBatch(tp, list(records)) for tp, records in polled.items() if records
             ]
@@ -254,6 +261,30 @@ class Worker:
             if not batches and self.burst and await self._drained(consumer):
                 log.info("worker.drained")
                 return
+
+    async def _top_up(
+        self, consumer: AIOKafkaConsumer, polled: dict[TopicPartition, list[Record]]
+    ) -> dict[TopicPartition, list[Record]]:
+        """Add what reached the broker while the previous batch was committing.
+
+        getmany hands out only what the fetcher had buffered, and the fetcher asks the broker
+        for more only once that is taken; without a second look, records that arrived during
+        a commit wait a whole extra batch (at 1,000 events/s: p90 a fifth lower, make bench).
+        """
+        size = sum(len(records) for records in polled.values())
+        room = self.settings.batch_max_records - size
+        wait_ms = min(TOP_UP_WAIT_MS, self.settings.batch_max_wait_ms)
+        if not size or room <= 0 or not wait_ms:
+            return polled
+        rebalances = self._rebalances
+        more = await consumer.getmany(timeout_ms=wait_ms, max_records=room)
+        if self._rebalances != rebalances:
+            # Positions restarted from the committed offsets: the first poll comes again.
+            return dict(more)
+        merged = {tp: list(records) for tp, records in polled.items()}
+        for tp, records in more.items():
+            merged.setdefault(tp, []).extend(records)
+        return merged
 
     def _rejoin(self, consumer: AIOKafkaConsumer) -> None:
         """Fenced while the group still lists us (a zombie, or a transaction that timed out):
@@ -279,7 +310,9 @@ class Worker:
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         # Wait for the batch in flight: its transaction must end before another owner starts.
         async with self._batch_lock:
+            self._rebalances += 1
             await self._close_producers(list(revoked))
+            self._in_doubt.difference_update(revoked)  # the next owner's init settles them
             for tp in revoked:
                 self._progress.pop(tp, None)
                 with contextlib.suppress(KeyError):
@@ -557,15 +590,22 @@ class Worker:
     async def _commit_partition(self, consumer: AIOKafkaConsumer, batch: PartitionBatch) -> None:
         """Outputs and the consumed offset in one Kafka transaction, retried while transient."""
         try:
-            await self._retrying("broker", lambda: self._commit_partition_once(batch))
+            await self._retrying("broker", lambda: self._commit_partition_once(consumer, batch))
         except Exception:
             # Not ours any more, or not retriable: fetch the batch again from the committed
             # offset; the ledger then tells replays (re-emit) from duplicates.
             await self._rewind(consumer, batch.tp)
             raise
 
-    async def _commit_partition_once(self, batch: PartitionBatch) -> None:
+    async def _commit_partition_once(
+        self, consumer: AIOKafkaConsumer, batch: PartitionBatch
+    ) -> None:
+        if batch.tp in self._in_doubt:
+            await self._settle(consumer, batch.tp)
         producer = await self._producer_for(batch.tp)
+        # In doubt until the transaction is known to have ended, one way or the other: a
+        # timeout (here or in _retrying) may cancel us while the commit is on its way.
+        self._in_doubt.add(batch.tp)
         try:
             async with asyncio.timeout(self.settings.retry_attempt_timeout_s):
                 await self._transaction(producer, batch, self.settings.consumer_group)
@@ -580,10 +620,33 @@ class Worker:
                 )
                 self._producers.pop(batch.tp, None)
                 self._fenced.add(batch.tp)
+                self._in_doubt.discard(batch.tp)  # the new owner's init settled it
                 await self._close_quietly(producer)
-            elif not await self._abort(producer):
-                await self._replace_producer(batch.tp, producer)
+            elif await self._abort(producer):
+                self._in_doubt.discard(batch.tp)  # aborted for certain: a retry is safe
             raise error from exc
+        self._in_doubt.discard(batch.tp)
+
+    async def _settle(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        """Find out how a transaction that ended without an answer ended, then drop the batch.
+
+        Its commit may have reached the broker after all (a timeout, a broker restart): sending
+        the same outputs in a new transaction would commit them twice. A new producer's
+        init_transactions completes or aborts it; the group's committed offset then says how
+        far the input is done, and the batch is fetched again from there (its records come
+        back as replays if the transaction was aborted, or not at all if it committed).
+        """
+        broken = self._producers.pop(tp, None)
+        if broken is not None:
+            await self._close_quietly(broken)
+        await self._producer_for(tp)  # Fenced if the partition moved: its new owner settles it
+        self._in_doubt.discard(tp)
+        await self._rewind(consumer, tp)
+        log.warning("transaction.in_doubt", partition=tp.partition, action="fetching again")
+        raise Fenced(
+            f"partition {tp.partition}: the previous transaction ended without an answer; "
+            "fetching again from the committed offset"
+        )
 
     @staticmethod
     async def _transaction(producer: AIOKafkaProducer, batch: PartitionBatch, group: str) -> None:
@@ -609,7 +672,9 @@ class Worker:
         try:
             async with asyncio.timeout(10):
                 await producer.abort_transaction()
-        except (KafkaError, OSError, TimeoutError):
+        # aiokafka asserts its state machine: once the commit was requested, an abort is
+        # refused that way, and the commit may still go through.
+        except (KafkaError, OSError, TimeoutError, AssertionError):
             return False
         return True
 
@@ -625,12 +690,6 @@ class Worker:
         except (KafkaError, OSError) as exc:
             raise BrokerUnavailable(f"cannot create the producer for {tp}: {exc}") from exc
         return self._producers[tp]
-
-    async def _replace_producer(self, tp: TopicPartition, broken: AIOKafkaProducer) -> None:
-        """A producer in an unknown state is replaced; init_transactions aborts its leftovers."""
-        self._producers.pop(tp, None)
-        await self._close_quietly(broken)
-        # The next attempt opens a fresh one through _producer_for while we still own tp.
 
     async def _commit_at_least_once(
         self, consumer: AIOKafkaConsumer, batches: list[PartitionBatch]
@@ -650,10 +709,9 @@ class Worker:
         """Seek back to the committed offset so the batch is fetched again (replays re-emit)."""
         if tp not in consumer.assignment():
             return
-        try:
-            committed = await consumer.committed(tp)
-        except KafkaError:
-            committed = None
+        # Never guess: seeking before the committed offset would replay (re-emit) records
+        # whose notifications are already committed.
+        committed = await self._retrying("broker", lambda: consumer.committed(tp))
         if committed is None:
             await consumer.seek_to_beginning(tp)
         else:
