@@ -65,7 +65,16 @@ def rss_kb() -> int:
 
 
 def peak_rss_kb() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    """The high-water mark of this process's resident memory.
+
+    Not ru_maxrss: Linux carries that across execve, so a child forked from a large harness
+    would report the harness's size. VmHWM belongs to the address space exec created.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
 
 
 def emit(message: dict[str, Any]) -> None:
