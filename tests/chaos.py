@@ -1,5 +1,5 @@
 """Chaos run: worker replicas as processes, killed, paused into zombies, the broker and
-PostgreSQL restarted under them, while waves of a seed-shaped workload arrive; then the audit.
+PostgreSQL restarted under them, while a seed-shaped workload streams in; then the audit.
 
     make chaos                                   # the defaults below
     make chaos ARGS="--seed 42 --events 5000"    # reproduce a run, or a smaller one
@@ -63,7 +63,8 @@ class ChaosConfig:
     zombies: int = 1
     broker_restarts: int = 1
     pg_restarts: int = 1
-    waves: int = 10
+    waves: int = 60  # the stream arrives in this many slices, evenly spread over stream_s
+    stream_s: float = 90.0
     session_timeout_ms: int = 6_000
     batch_max_records: int = 50
     catch_up_timeout_s: float = 900.0
@@ -74,24 +75,23 @@ class ChaosConfig:
             f"make chaos ARGS='--seed {self.seed} --events {self.events} "
             f"--replicas {self.replicas} --partitions {self.partitions} --kills {self.kills} "
             f"--zombies {self.zombies} --broker-restarts {self.broker_restarts} "
-            f"--pg-restarts {self.pg_restarts} --waves {self.waves} "
+            f"--pg-restarts {self.pg_restarts} --waves {self.waves} --stream {self.stream_s} "
             f"--duplicates {self.duplicate_share} --batch {self.batch_max_records}'"
         )
 
 
 @dataclass(frozen=True)
 class Fault:
-    """One fault: after wave `wave` is published, wait `delay_s`, then inject it."""
+    """One fault, `at_s` seconds after the stream starts (or when the previous one is done)."""
 
     kind: FaultKind
-    wave: int
-    delay_s: float
+    at_s: float
     pick: float  # which replica, as a fraction of the eligible ones at that moment
     downtime_s: float  # how long the victim stays down (kill, broker, postgres)
 
     def describe(self) -> str:
         down = f", down {self.downtime_s:.1f}s" if self.kind != "zombie" else ""
-        return f"wave {self.wave} +{self.delay_s:.1f}s {self.kind} (pick {self.pick:.2f}{down})"
+        return f"{self.at_s:.1f}s {self.kind} (pick {self.pick:.2f}{down})"
 
 
 def schedule(config: ChaosConfig) -> list[Fault]:
@@ -105,21 +105,17 @@ def schedule(config: ChaosConfig) -> list[Fault]:
     }
     kinds = [kind for kind, n in counts.items() for _ in range(n)]
     rng.shuffle(kinds)
-    faults = []
-    for n, kind in enumerate(kinds):
-        # Spread over the waves, never after the last one: each fault hits a stream in flight.
-        wave = min(config.waves - 1, n * config.waves // max(1, len(kinds)))
-        faults.append(
-            Fault(
-                kind=kind,
-                wave=wave,
-                # A zombie is frozen while its replica is busy: soon after the wave arrives.
-                delay_s=round(rng.uniform(0.1, 2.5) * (0.1 if kind == "zombie" else 1), 2),
-                pick=round(rng.random(), 3),
-                downtime_s=round(rng.uniform(0.5, 4.0), 2),
-            )
+    faults = [
+        Fault(
+            kind=kind,
+            # While the stream flows, so that each fault hits batches in flight.
+            at_s=round(rng.uniform(0.03, 0.9) * config.stream_s, 1),
+            pick=round(rng.random(), 3),
+            downtime_s=round(rng.uniform(0.5, 4.0), 2),
         )
-    return sorted(faults, key=lambda f: f.wave)
+        for kind in kinds
+    ]
+    return sorted(faults, key=lambda f: f.at_s)
 
 
 # --------------------------------------------------------------------------- services
@@ -235,6 +231,8 @@ class Replica:
     assignment: Assignment | None = None
     fenced: int = 0
     batches: int = 0
+    running: bool = False  # this incarnation logged worker.started
+    refusals: int = 0  # consecutive start-ups refused
     tail: list[str] = field(default_factory=list)
 
     @property
@@ -246,10 +244,7 @@ class Replica:
         return self.process is not None and self.process.returncode is None
 
     async def start(self) -> None:
-        self.incarnation += 1
-        self.expected_exit = False
-        self.assignment = None
-        self.process = await asyncio.create_subprocess_exec(
+        process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "consumer",
@@ -258,8 +253,16 @@ class Replica:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
+        # No await from here on: the supervisor must never see the new incarnation's state
+        # with the old, dead process (it would report that exit a second time).
+        self.incarnation += 1
+        self.expected_exit = False
+        self.assignment = None
+        self.running = False
+        self.tail = []
+        self.process = process
         log = self.log_dir / f"{self.name}.{self.incarnation}.log"
-        self.reader = asyncio.create_task(self._read(self.process, log))
+        self.reader = asyncio.create_task(self._read(process, log))
 
     async def _read(self, process: asyncio.subprocess.Process, log: Path) -> None:
         assert process.stderr is not None
@@ -278,10 +281,16 @@ class Replica:
         except ValueError:
             return
         name = event.get("event")
-        if name == "partitions.assigned":
+        if name == "worker.started":
+            self.running = True
+            self.refusals = 0
+        elif name == "partitions.assigned":
             self.assignment = self.board.assigned(self.index, event.get("partitions", []))
         elif name == "batch.committed":
             self.batches += 1
+            self.board.replays += int(event.get("replay", 0))
+        elif name in ("store.retry", "broker.retry"):
+            self.board.retries[name.split(".")[0]] += 1
         elif name == "partition.fenced":
             self.fenced += 1
             self.board.fenced += 1
@@ -326,6 +335,8 @@ class Board:
     seq: int = 0
     history: list[Assignment] = field(default_factory=list)
     fenced: int = 0
+    replays: int = 0  # records re-emitted because a crash fell between the two commits
+    retries: Counter[str] = field(default_factory=Counter)
 
     def assigned(self, replica: int, partitions: list[int]) -> Assignment:
         self.seq += 1
@@ -342,7 +353,8 @@ class ChaosResult:
     config: ChaosConfig
     faults: list[Fault]
     injected: Counter[str] = field(default_factory=Counter)
-    crashes: list[str] = field(default_factory=list)  # replicas that exited on their own
+    crashes: list[str] = field(default_factory=list)  # replicas that died after starting
+    refusals: list[str] = field(default_factory=list)  # refused to start: a dependency was down
     notes: list[str] = field(default_factory=list)
     report: AuditReport | None = None
     expected: Expectation | None = None
@@ -365,8 +377,13 @@ class ChaosResult:
             "faults injected: "
             + ", ".join(f"{kind} {self.injected[kind]}" for kind in _FAULT_COUNTS),
         ]
+        if self.refusals:
+            lines.append(
+                f"start-ups refused while a dependency was down (restarted with back-off): "
+                f"{len(self.refusals)}"
+            )
         if self.crashes:
-            lines.append(f"replicas that exited on their own (restarted): {len(self.crashes)}")
+            lines.append(f"replicas that died after starting (restarted): {len(self.crashes)}")
             lines += [f"  {crash}" for crash in self.crashes]
         lines += self.notes
         if self.expected is not None:
@@ -413,6 +430,8 @@ class Chaos:
         self.replicas: list[Replica] = []
         self.result = ChaosResult(config, schedule(config))
         self._supervising = True
+        self._broker_up = asyncio.Event()
+        self._broker_up.set()
 
     def _env(self) -> dict[str, str]:
         s = self.settings
@@ -457,7 +476,7 @@ class Chaos:
             await replica.start()
         supervisor = asyncio.create_task(self._supervise())
         try:
-            await self._waves(workload)
+            await asyncio.gather(self._stream(workload), self._faults())
             await self._caught_up()
         finally:
             self._supervising = False
@@ -466,6 +485,11 @@ class Chaos:
                 await supervisor
             await self._stop_all()
         self.result.injected["fenced"] = self.board.fenced
+        self.result.notes.append(
+            f"felt: {self.board.replays} replays (a batch applied in the database but not "
+            f"committed in Kafka, redone), retries: store {self.board.retries['store']}, "
+            f"broker {self.board.retries['broker']}"
+        )
         self.result.report = await audit(self.settings)
         await self._compare_with_workload()
         self.result.duration_s = time.monotonic() - started
@@ -485,30 +509,32 @@ class Chaos:
         finally:
             await admin.close()
 
-    async def _waves(self, workload: Workload) -> None:
+    async def _stream(self, workload: Workload) -> None:
+        """Publish the workload slice by slice at a steady pace; hold while the broker is down."""
         size = -(-len(workload) // self.config.waves)
+        started = time.monotonic()
         for wave in range(self.config.waves):
             start, stop = wave * size, min(len(workload), (wave + 1) * size)
-            sent = await self._publish(workload, start, stop)
-            say(f"wave {wave}: published records {start}..{stop - 1} ({sent})")
-            for fault in (f for f in self.result.faults if f.wave == wave):
-                await asyncio.sleep(fault.delay_s)  # a random moment mid-stream: the workload
-                await self._inject(fault)
+            if start >= stop:
+                break
+            due = started + wave * self.config.stream_s / self.config.waves
+            await asyncio.sleep(max(0.0, due - time.monotonic()))  # the pace of the workload
+            await self._broker_up.wait()
+            await publish(
+                workload.records(start, stop),
+                self.settings.input_topic,
+                bootstrap_servers=self.services.bootstrap,
+            )
+            if wave % max(1, self.config.waves // 10) == 0:
+                say(f"published records {start}..{stop - 1}")
+        say("the whole workload is published")
 
-    async def _publish(self, workload: Workload, start: int, stop: int) -> int:
-        # The broker may still be electing leaders after a restart: retry the whole wave;
-        # a record sent twice is one more duplicate, which the audit classifies from the topic.
-        for attempt in range(1, 6):
-            try:
-                return await publish(
-                    workload.records(start, stop),
-                    self.settings.input_topic,
-                    bootstrap_servers=self.services.bootstrap,
-                )
-            except KafkaError as exc:
-                say(f"publishing failed ({exc!r}), attempt {attempt}; retrying")
-                await asyncio.sleep(attempt)
-        raise RuntimeError("could not publish a wave after 5 attempts")
+    async def _faults(self) -> None:
+        """Inject the faults one after the other, each at its moment of the stream."""
+        started = time.monotonic()
+        for fault in self.result.faults:
+            await asyncio.sleep(max(0.0, started + fault.at_s - time.monotonic()))
+            await self._inject(fault)
 
     async def _inject(self, fault: Fault) -> None:
         say(f"fault: {fault.describe()}")
@@ -517,7 +543,11 @@ class Chaos:
         elif fault.kind == "zombie":
             await self._zombie(fault)
         elif fault.kind == "broker":
-            await self.services.restart_broker(fault.downtime_s)
+            self._broker_up.clear()  # the bridge would buffer: hold the stream meanwhile
+            try:
+                await self.services.restart_broker(fault.downtime_s)
+            finally:
+                self._broker_up.set()
         else:
             await self.services.restart_postgres(fault.downtime_s)
         self.result.injected[fault.kind] += 1
@@ -578,23 +608,39 @@ class Chaos:
         return await _poll(covered, timeout_s=timeout_s)
 
     async def _supervise(self) -> None:
-        """Restart replicas that exit on their own, as Kubernetes would, and say so."""
+        """Restart replicas that exit on their own, as Kubernetes would, and say so.
+
+        A replica that refuses to start because a dependency is down (it exits before
+        `worker.started`, naming it) is restarted with a growing delay, like a crash loop
+        back-off; that is the worker's documented start-up behaviour. One that exits after it
+        started is a crash: the run fails.
+        """
+        restart_at: dict[int, float] = {}
         while self._supervising:
             for replica in self.replicas:
                 if replica.alive or replica.expected_exit or replica.process is None:
+                    restart_at.pop(replica.index, None)  # started meanwhile by a kill fault
                     continue
-                code = await replica.wait()
-                if not self._supervising:
-                    return
-                last = " | ".join(replica.tail[-3:])[-600:]
-                crash = f"{replica.name}.{replica.incarnation} exited with {code}: {last}"
-                self.result.crashes.append(crash)
-                say(f"  {crash}; restarting it")
-                await replica.start()
-            await asyncio.sleep(0.5)
+                if replica.index not in restart_at:
+                    code = await replica.wait()
+                    last = " | ".join(replica.tail[-3:])[-600:]
+                    exit_ = f"{replica.name}.{replica.incarnation} exited with {code}: {last}"
+                    if replica.running:
+                        self.result.crashes.append(exit_)
+                        replica.refusals = 0
+                    else:
+                        self.result.refusals.append(exit_)
+                        replica.refusals += 1
+                    delay = min(8.0, 0.25 * 2**replica.refusals)
+                    restart_at[replica.index] = time.monotonic() + delay
+                    say(f"  {exit_}; restarting it in {delay:.1f}s")
+                if time.monotonic() >= restart_at[replica.index] and self._supervising:
+                    del restart_at[replica.index]
+                    await replica.start()
+            await asyncio.sleep(0.25)
 
     async def _caught_up(self) -> None:
-        say("all waves published; waiting for the group to reach the end of the input")
+        say("faults done; waiting for the group to reach the end of the input")
         deadline = time.monotonic() + self.config.catch_up_timeout_s
         behind: dict[int, int] = {}
         next_report = time.monotonic() + 15
@@ -725,7 +771,8 @@ def _arguments(argv: list[str] | None) -> tuple[int, ChaosConfig]:
     parser.add_argument("--zombies", type=int, default=1)
     parser.add_argument("--broker-restarts", type=int, default=1)
     parser.add_argument("--pg-restarts", type=int, default=1)
-    parser.add_argument("--waves", type=int, default=10)
+    parser.add_argument("--waves", type=int, default=60, help="slices the stream arrives in")
+    parser.add_argument("--stream", type=float, default=90.0, help="seconds the stream lasts")
     parser.add_argument("--batch", type=int, default=50, help="BATCH_MAX_RECORDS of replicas")
     parser.add_argument("--kafka-port", type=int, default=0, help="default: a free port")
     args = parser.parse_args(argv)
@@ -740,6 +787,7 @@ def _arguments(argv: list[str] | None) -> tuple[int, ChaosConfig]:
         broker_restarts=args.broker_restarts,
         pg_restarts=args.pg_restarts,
         waves=args.waves,
+        stream_s=args.stream,
         batch_max_records=args.batch,
     )
 

@@ -1,6 +1,6 @@
 """Exactly once under faults: the reduced chaos run (`make chaos` runs the full one).
 
-Two replicas as processes on PostgreSQL, a 6-partition input fed in waves, and meanwhile:
+Two replicas as processes on PostgreSQL, a 6-partition input streamed in over ~25 s, and meanwhile:
 two SIGKILLs, one replica frozen past the session timeout and woken after its partitions
 moved (a zombie), one broker restart and one PostgreSQL restart. Then the audit must find
 nothing lost, nothing applied or notified twice, every record accounted for.
@@ -54,7 +54,8 @@ async def test_kills_a_zombie_and_restarts_of_broker_and_database_lose_and_doubl
         zombies=1,
         broker_restarts=1,
         pg_restarts=1,
-        waves=5,
+        waves=25,
+        stream_s=25,
         catch_up_timeout_s=180,
     )
 
