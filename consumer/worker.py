@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,13 +27,15 @@ from consumer.errors import (
 )
 from consumer.events import Apply, Invalid, Skip, classify
 from consumer.metrics import Metrics
-from consumer.store.base import BatchResult, LedgerEntry, SourceOffset, Store
+from consumer.store.base import BatchResult, CardState, LedgerEntry, SourceOffset, Store
 from consumer.transform import notification_record, to_ledger_entry
 
 log = structlog.get_logger("consumer.worker")
 
 # How long a batch waits for records that reached the broker while the last one committed.
 TOP_UP_WAIT_MS = 20
+# Cards named in one batch's drift log event (the metric counts them all).
+MAX_DRIFT_LOGGED = 100
 
 
 class Record(Protocol):
@@ -514,12 +517,23 @@ class Worker:
                 verdict.activation, source=self.settings.cloudevents_source
             )
             batch.outputs.append(Output(self.settings.notification_topic, key, value, headers))
-        for card in result.cards:
-            drift = card.reported_balance - card.activated_points
-            self.metrics.balance_drift_points.set(abs(drift))
-            if drift:
-                self.metrics.balance_drift.inc()
-                log.info("card.balance_drift", voucher_id=card.voucher_id, drift=drift)
+        self._report_drift(result.cards)
+
+    def _report_drift(self, cards: Sequence[CardState]) -> None:
+        """Count the cards left drifting, and name them in one log event for the batch.
+
+        Voucherify's balance also moves for reasons we never see (redemptions, manual
+        additions), so drift is common: a line per card cost about a twelfth of the worker's
+        CPU on the bench's workload. The counter still counts every card.
+        """
+        if cards:
+            self.metrics.balance_drift_points.set(abs(cards[-1].drift))
+        drifting = {card.voucher_id: card.drift for card in cards if card.drift}
+        if not drifting:
+            return
+        self.metrics.balance_drift.inc(len(drifting))
+        shown = dict(itertools.islice(drifting.items(), MAX_DRIFT_LOGGED))
+        log.info("card.balance_drift", cards=len(drifting), drift=shown)
 
     async def _dead_letter_alone(
         self,
