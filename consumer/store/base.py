@@ -174,18 +174,19 @@ def decide(
 ) -> tuple[Outcome, ...]:
     """The outcome of each entry, in input order.
 
-    `applied_ids`: transactions this batch inserted. `stored_sources`: the stored source of
-    the others. A repeat of a transaction id within the batch is always a duplicate.
+    `applied_ids`: transactions this batch inserted, from their first occurrence; any other
+    occurrence in the batch is a duplicate. `stored_sources`: the stored source of the
+    others; the one entry read from that source is a replay wherever it sits in the batch
+    (a re-delivery of the same id may come first, from another partition), every other
+    occurrence a duplicate.
     """
     seen: set[str] = set()
     outcomes: list[Outcome] = []
     for entry in entries:
         transaction_id = entry.transaction_id
         kind: OutcomeKind
-        if transaction_id in seen:
-            kind = "duplicate"
-        elif transaction_id in applied_ids:
-            kind = "applied"
+        if transaction_id in applied_ids:
+            kind = "duplicate" if transaction_id in seen else "applied"
         elif transaction_id not in stored_sources:
             raise StoreError(
                 f"ledger entry {transaction_id} was neither inserted nor found; "
