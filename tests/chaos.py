@@ -291,6 +291,8 @@ class Replica:
             self.board.replays += int(event.get("replay", 0))
         elif name in ("store.retry", "broker.retry"):
             self.board.retries[name.split(".")[0]] += 1
+        elif name == "transaction.in_doubt":
+            self.board.in_doubt += 1
         elif name == "partition.fenced":
             self.fenced += 1
             self.board.fenced += 1
@@ -336,6 +338,7 @@ class Board:
     history: list[Assignment] = field(default_factory=list)
     fenced: int = 0
     replays: int = 0  # records re-emitted because a crash fell between the two commits
+    in_doubt: int = 0  # transactions that ended without an answer and had to be settled
     retries: Counter[str] = field(default_factory=Counter)
 
     def assigned(self, replica: int, partitions: list[int]) -> Assignment:
@@ -451,7 +454,9 @@ class Chaos:
             LOG_FORMAT="json",
             BATCH_MAX_RECORDS=str(self.config.batch_max_records),
             RETRY_MAX_S="2",
-            RETRY_ATTEMPT_TIMEOUT_S="15",
+            # Shorter than a broker restart: transactions in flight then end without an
+            # answer, the case that once published a whole batch twice.
+            RETRY_ATTEMPT_TIMEOUT_S="6",
             SHUTDOWN_TIMEOUT_S="20",
         )
         return env
@@ -488,7 +493,8 @@ class Chaos:
         self.result.notes.append(
             f"felt: {self.board.replays} replays (a batch applied in the database but not "
             f"committed in Kafka, redone), retries: store {self.board.retries['store']}, "
-            f"broker {self.board.retries['broker']}"
+            f"broker {self.board.retries['broker']}; transactions in doubt settled: "
+            f"{self.board.in_doubt}"
         )
         self.result.report = await audit(self.settings)
         await self._compare_with_workload()
@@ -543,6 +549,7 @@ class Chaos:
         elif fault.kind == "zombie":
             await self._zombie(fault)
         elif fault.kind == "broker":
+            await self._while_busy()
             self._broker_up.clear()  # the bridge would buffer: hold the stream meanwhile
             try:
                 await self.services.restart_broker(fault.downtime_s)
@@ -551,6 +558,13 @@ class Chaos:
         else:
             await self.services.restart_postgres(fault.downtime_s)
         self.result.injected[fault.kind] += 1
+
+    async def _while_busy(self) -> None:
+        """Return right after some replica committed a batch: transactions are in flight."""
+        done = sum(r.batches for r in self.replicas)
+        await _poll(
+            lambda: sum(r.batches for r in self.replicas) > done, timeout_s=10, interval_s=0.005
+        )
 
     def _pick(self, fault: Fault, candidates: list[Replica]) -> Replica:
         return candidates[min(len(candidates) - 1, int(fault.pick * len(candidates)))]
