@@ -671,8 +671,11 @@ class Worker:
                 sent.append(
                     await producer.send(o.topic, value=o.value, key=o.key, headers=o.headers)
                 )
-            await producer.send_offsets_to_transaction({batch.tp: batch.next_offset}, group)
             await asyncio.gather(*sent)
+            # Offsets after the outputs are acknowledged: sent earlier, they often reach the
+            # group coordinator before it has applied this producer's previous commit, and
+            # Kafka 4 answers COORDINATOR_NOT_AVAILABLE, which aiokafka waits 100 ms out.
+            await producer.send_offsets_to_transaction({batch.tp: batch.next_offset}, group)
         except BaseException:
             # The transaction is abandoned; its sends fail too and nobody else will look.
             for future in sent:
