@@ -68,10 +68,11 @@ class Passthrough:
             await producer.send(topic, value=r.value, key=r.key, headers=list(r.headers))
             for r in records
         ]
+        # The worker's order: offsets once the outputs are acknowledged (see its _transaction).
+        await asyncio.gather(*sent)
         await producer.send_offsets_to_transaction(
             {tp: records[-1].offset + 1}, self.settings.consumer_group
         )
-        await asyncio.gather(*sent)
         await producer.commit_transaction()
 
 
