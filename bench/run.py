@@ -43,7 +43,8 @@ class Plan:
     sweep_warm_up: int
     batch_sizes: tuple[int, ...]
     replicas: tuple[int, ...]
-    memory_events: tuple[int, ...] = ()  # with --memory: RSS after each of these counts
+    memory_events: tuple[int, ...] = (100_000, 500_000)  # --memory: peak RSS up to each
+    memory_only: bool = False
     settings: dict[str, Any] = field(default_factory=dict)  # worker Settings overrides
 
     @property
@@ -361,8 +362,15 @@ async def memory(bench: Bench) -> dict[str, Any]:
     peaks = {str(n): round(children.rss_at(n), 1) for n in counts}
     first, last = peaks[str(min(counts))], peaks[str(total)]
     growth = (last - first) / first if first else 0.0
+    window = children.window(min(counts), total)
     say(f"memory: peak RSS {peaks} MB; growth {growth:+.1%}")
-    return {"peak_rss_mb_after": peaks, "growth": round(growth, 4)}
+    return {
+        "peak_rss_mb_after": peaks,
+        "growth": round(growth, 4),
+        "peak_rss_mb": round(children.peak_rss_mb(), 1),  # the process's VmHWM at exit
+        "events_per_s": round(window.events_per_s, 1),
+        "counts": children.counts(),
+    }
 
 
 async def run(plan: Plan) -> dict[str, Any]:
@@ -375,6 +383,16 @@ async def run(plan: Plan) -> dict[str, Any]:
         bench = Bench(plan, svc)
         await bench.admin.start()
         try:
+            if plan.memory_only:
+                memory_result = await memory(bench)
+                return {
+                    "memory": memory_result,
+                    "postgresql_durable": svc.durable,
+                    "machine": _machine(load_before),
+                    "plan": plan.name,
+                    "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "duration_s": round(time.monotonic() - started, 1),
+                }
             workload = workload_of(2026, plan.events)
             topic = bench.topic("input")
             await bench.load(topic, workload)
@@ -389,19 +407,17 @@ async def run(plan: Plan) -> dict[str, Any]:
             ):
                 latencies[name] = await bench.latency_at_rate(kind, name, store)  # type: ignore[arg-type]
             swept = await sweeps(bench)
-            memory_result = await memory(bench) if plan.memory_events else None
         finally:
             await bench.admin.close()
     for name, at_rate in latencies.items():
         results[name]["latency_at_1k"] = at_rate
-    return summary(plan, results, swept, memory_result, load_before, started, svc, workload)
+    return summary(plan, results, swept, load_before, started, svc, workload)
 
 
 def summary(
     plan: Plan,
     results: dict[str, Any],
     swept: dict[str, Any],
-    memory_result: dict[str, Any] | None,
     load_before: tuple[float, float, float],
     started: float,
     svc: Services,
@@ -422,7 +438,6 @@ def summary(
         "ratio_to_naive": round(ours["events_per_s"] / results["naive"]["events_per_s"], 1),
         "contenders": results,
         "sweeps": swept,
-        "memory": memory_result,
         "workload": {
             "records": plan.events,
             "warm_up": plan.warm_up,
@@ -436,14 +451,18 @@ def summary(
             "latency_seconds": plan.latency_s,
         },
         "postgresql_durable": svc.durable,
-        "machine": {
-            **machine.describe(),
-            "load_before": [round(v, 2) for v in load_before],
-            "load_after": [round(v, 2) for v in machine.load_average()],
-        },
+        "machine": _machine(load_before),
         "plan": plan.name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - started, 1),
+    }
+
+
+def _machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
+    return {
+        **machine.describe(),
+        "load_before": [round(v, 2) for v in load_before],
+        "load_after": [round(v, 2) for v in machine.load_average()],
     }
 
 
