@@ -416,7 +416,6 @@ class Chaos:
     def __init__(self, config: ChaosConfig, services: Services) -> None:
         self.config = config
         self.services = services
-        self.rng = random.Random(f"chaos-run-{config.seed}")
         self.board = Board()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         suffix = f"{config.seed}-{stamp}-{os.getpid()}"
