@@ -28,18 +28,29 @@ class Passthrough:
         self.stopping = asyncio.Event()
         self.progress = Progress(target, self.stopping.set)
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self.opening: dict[TopicPartition, asyncio.Future[AIOKafkaProducer]] = {}
 
     async def open(self, partitions: set[TopicPartition]) -> None:
-        async def start(tp: TopicPartition) -> None:
-            transactional_id = f"{self.settings.transactional_id_prefix}.{tp.topic}.{tp.partition}"
-            producer = kafka.producer(self.settings, transactional_id=transactional_id)
-            await producer.start()
-            self.producers[tp] = producer
-
-        await asyncio.gather(*(start(tp) for tp in partitions if tp not in self.producers))
+        await asyncio.gather(*(self.producer_for(tp) for tp in partitions))
         self.progress.ready()
 
+    async def producer_for(self, tp: TopicPartition) -> AIOKafkaProducer:
+        # getmany may hand out records before the assignment callback has opened them all;
+        # whoever asks first starts it, the other waits for the same start.
+        if tp not in self.opening:
+            self.opening[tp] = asyncio.ensure_future(self._start(tp))
+        return await asyncio.shield(self.opening[tp])
+
+    async def _start(self, tp: TopicPartition) -> AIOKafkaProducer:
+        transactional_id = f"{self.settings.transactional_id_prefix}.{tp.topic}.{tp.partition}"
+        producer = kafka.producer(self.settings, transactional_id=transactional_id)
+        await producer.start()
+        self.producers[tp] = producer
+        return producer
+
     async def close(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            self.opening.pop(tp, None)
         closing = [self.producers.pop(tp) for tp in partitions if tp in self.producers]
         await asyncio.gather(*(p.stop() for p in closing))
 
@@ -61,7 +72,7 @@ class Passthrough:
             await consumer.stop()
 
     async def commit(self, tp: TopicPartition, records: list[Any]) -> None:
-        producer = self.producers[tp]
+        producer = await self.producer_for(tp)
         topic = self.settings.notification_topic
         await producer.begin_transaction()
         sent = [
