@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
+from aiokafka.errors import IllegalStateError, InvalidProducerEpoch, KafkaError, ProducerFenced
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never
 from tenacity.wait import wait_random_exponential
 
@@ -830,8 +830,11 @@ class Worker:
         assignment = consumer.assignment()
         if not assignment:
             return self.health.unassigned_for() > self.settings.session_timeout_ms / 1000
-        ends = await consumer.end_offsets(list(assignment))
-        for tp in assignment:
-            if await consumer.position(tp) < ends[tp]:
-                return False
+        try:
+            ends = await consumer.end_offsets(list(assignment))
+            for tp in assignment:
+                if await consumer.position(tp) < ends[tp]:
+                    return False
+        except IllegalStateError:
+            return False  # a rebalance took a partition meanwhile; look again next turn
         return True
