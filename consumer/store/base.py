@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from consumer.errors import StoreError
 from consumer.store.schema import MigrationReport
@@ -48,6 +48,22 @@ class StoredEntry(LedgerEntry):
     """A ledger row as stored: the entry that first applied it, and when."""
 
     applied_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any], to_time: Callable[[Any], datetime]) -> StoredEntry:
+        """A row in ledger column order (see the migrations), with applied_at last."""
+        return cls(
+            transaction_id=row[0],
+            voucher_id=row[1],
+            customer_id=row[2],
+            campaign_id=row[3],
+            points=row[4],
+            reported_balance=row[5],
+            reported_pending=row[6],
+            occurred_at=to_time(row[7]),
+            source=SourceOffset(row[8], row[9], row[10]),
+            applied_at=to_time(row[11]),
+        )
 
 
 @dataclass(frozen=True, slots=True)

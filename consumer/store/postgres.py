@@ -259,18 +259,7 @@ class PostgresStore:
             )
         if row is None:
             return None
-        return StoredEntry(
-            transaction_id=row[0],
-            voucher_id=row[1],
-            customer_id=row[2],
-            campaign_id=row[3],
-            points=row[4],
-            reported_balance=row[5],
-            reported_pending=row[6],
-            occurred_at=row[7],
-            source=SourceOffset(row[8], row[9], row[10]),
-            applied_at=row[11],
-        )
+        return StoredEntry.from_row(row, lambda value: value)  # asyncpg gives datetimes
 
     async def counts(self) -> StoreCounts:
         with self._translated():

@@ -266,18 +266,7 @@ class SQLiteStore:
         if not rows:
             return None
         row = rows[0]
-        return StoredEntry(
-            transaction_id=row[0],
-            voucher_id=row[1],
-            customer_id=row[2],
-            campaign_id=row[3],
-            points=row[4],
-            reported_balance=row[5],
-            reported_pending=row[6],
-            occurred_at=datetime.fromisoformat(row[7]),
-            source=SourceOffset(row[8], row[9], row[10]),
-            applied_at=datetime.fromisoformat(row[11]),
-        )
+        return StoredEntry.from_row(row, datetime.fromisoformat)
 
     async def counts(self) -> StoreCounts:
         async with self._operation():
