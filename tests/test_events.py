@@ -22,7 +22,9 @@ from consumer.events import (
     Skip,
     Verdict,
     classify,
+    classify_exactly,
 )
+from consumer.workload import Workload
 from tests.contract_files import (
     activation_payloads,
     encode,
@@ -477,3 +479,98 @@ def test_any_replaced_section_never_raises(
 ) -> None:
     data[section] = replacement
     assert isinstance(classify(encode(envelope(data))), Apply | Invalid)
+
+
+# ----------------------------------------------------------------------------- one verdict
+#
+# `classify` parses with orjson and leaves to `classify_exactly` whatever that parser could
+# judge differently; these hold the two to the same verdict, reasons included.
+
+SEED_TEXT = seed_bytes().decode()
+
+
+def points(literal: str) -> bytes:
+    """The seed with the text `literal` where its pending points are."""
+    return SEED_TEXT.replace('"points": 23,', f'"points": {literal},', 1).encode()
+
+
+def test_every_kind_of_workload_record_gets_the_exact_verdict() -> None:
+    values = [r.value for r in Workload(seed=11, events=3_000, malformed_share=0.2).records()]
+    assert sum(isinstance(classify(v), Invalid) for v in values) > 300  # each malformation
+    assert [classify(v) for v in values] == [classify_exactly(v) for v in values]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # A duplicate whose key spells its colon as an escape: the colon count alone misses it.
+        b'{"a\\u003a": 1, "a\\u003a": 2}',
+        b'{"x": "a\\u003ab", "x": "c"}',
+        # A dropped duplicate whose value holds colons of its own.
+        b'{"x": "12:30:00", "x": "c"}',
+        b'{"x": {"y": {"z": 1}}, "x": 2}',
+        SEED_TEXT.replace('"points": 23,', '"points": 23, "points": 5,', 1).encode(),
+        SEED_TEXT.replace('"Alex Doe"', '"Alex\\u003a Doe"')
+        .replace('"points": 23,', '"points": 23, "points": 5,', 1)
+        .encode(),
+    ],
+    ids=["escaped-key", "escaped-value", "colons-dropped", "nested-dropped", "seed", "seed-escape"],
+)
+def test_duplicate_keys_are_found_whatever_the_colons_around_them(value: bytes) -> None:
+    reason = only_reason(classify(value))
+    assert reason.startswith("value: duplicate key "), reason
+    assert classify(value) == classify_exactly(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        SEED_TEXT.replace('"Alex Doe"', '"Alex: Doe \\u003a"').encode(),
+        points('23, "extra": 123456789012345678901234567890'),
+        points("123456789012345678901234567890"),
+        points("9223372036854775808"),
+        points("-9223372036854775809"),
+        points("23.0"),
+        SEED_TEXT.replace('"Alex Doe"', '"\\ud83d\\ude00"').encode(),
+        SEED_TEXT.replace('"Alex Doe"', '"\\udc00"').encode(),
+        b'{"type": "voucher.created", "data": {"n": 1e999}}',
+        b'{"type": "voucher.created", "data": [' + b"9" * 400 + b"]}",
+        b'{"type": "voucher.created", "data": {}} x',
+        b"\xef\xbb\xbf" + seed_bytes(),
+    ],
+    ids=[
+        "colons-in-text",
+        "bigint-ignored",
+        "bigint-points",
+        "int64-max-plus-one",
+        "int64-min-minus-one",
+        "float-points",
+        "surrogate-pair",
+        "lone-low-surrogate",
+        "out-of-range-float",
+        "long-integer",
+        "trailing-data",
+        "byte-order-mark",
+    ],
+)
+def test_values_orjson_reads_differently_get_the_exact_verdict(value: bytes) -> None:
+    assert classify(value) == classify_exactly(value)
+
+
+@BOUNDED
+@given(_json_values, st.sampled_from([None, "voucher.created", TARGET_EVENT_TYPE]))
+def test_arbitrary_json_gets_the_exact_verdict(document: Any, event_type: str | None) -> None:
+    if event_type is not None:
+        document = {"type": event_type, "data": document}
+    value = json.dumps(document).encode()
+    assert classify(value) == classify_exactly(value)
+
+
+@BOUNDED
+@given(data=activation_payloads(), shape=st.sampled_from(SHAPES), extra=_json_values)
+def test_any_activation_gets_the_exact_verdict(
+    data: dict[str, Any], shape: str, extra: Any
+) -> None:
+    data["transaction"]["details"] = extra
+    value = shaped(data, shape)
+    assert classify(value) == classify_exactly(value)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from consumer import deadletter
 from consumer.audit import audit
-from consumer.events import Apply, classify
+from consumer.events import Apply, classify, classify_exactly
 from consumer.workload import activation_payload
 from tests.kafkautil import produce, read_committed
 from tests.workers import Topics, drain, settings_for
@@ -227,3 +227,11 @@ def test_garbage_among_good_records_is_dead_lettered_and_the_rest_applied_exactl
     database = tmp_path_factory.mktemp("fuzz") / "loyalty.db"
 
     asyncio.run(_through_the_worker(kafka_bootstrap, database, values))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(recipe=recipes, serial=st.integers(0, 1000))
+def test_damaged_payloads_get_the_exact_verdict(recipe: Recipe, serial: int) -> None:
+    """The worker's fast `classify` against the standard library's reference, no broker needed."""
+    value = build(recipe, serial)
+    assert classify(value) == classify_exactly(value)
