@@ -61,7 +61,7 @@ FULL = Plan(
     latency_warm_up_s=5,
     sweep_events=30_000,
     sweep_warm_up=5_000,
-    batch_sizes=(50, 100, 250, 500, 1000, 2000),
+    batch_sizes=(50, 100, 250, 500, 1000, 2000, 4000),
     replicas=(1, 2, 3),
 )
 QUICK = Plan(

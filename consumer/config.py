@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     transactional_id_prefix: str = Field("loyalty-consumer", min_length=1)
     client_id: str = Field("loyalty-consumer", min_length=1)
 
-    batch_max_records: int = Field(500, ge=1, le=100_000)
+    batch_max_records: int = Field(2000, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(100, ge=0, le=60_000)
     delivery_mode: DeliveryMode = "exactly-once"
     max_record_attempts: int = Field(3, ge=1, le=100)
