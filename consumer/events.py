@@ -564,6 +564,10 @@ def _consumer_bug(exc: Exception) -> Invalid:
     return Invalid([f"value: could not be classified ({type(exc).__name__}: a consumer bug)"])
 
 
+# Every byte but `{`, `[` and `:`, which the fast path counts.
+_UNCOUNTED_BYTES: Final = bytes(b for b in range(256) if b not in b"{[:")
+
+
 def _classify_fast(value: bytes | None) -> Apply | Skip | None:
     """The verdict of a value orjson parses, or None to leave the value to the exact path.
 
@@ -579,25 +583,28 @@ def _classify_fast(value: bytes | None) -> Apply | Skip | None:
         document = orjson.loads(value)
     except orjson.JSONDecodeError:
         return None
+    # One pass keeps the bytes counted below: far fewer than the value, so counting is free.
+    counted = value.translate(None, _UNCOUNTED_BYTES)
+    colons = counted.count(b":")
     # Each level needs an opening bracket, so few brackets means no walk is needed.
-    if value.count(b"{") + value.count(b"[") > MAX_DEPTH and _deeper_than(document, MAX_DEPTH):
+    if len(counted) - colons > MAX_DEPTH and _deeper_than(document, MAX_DEPTH):
         return None
-    if not _keys_unique(value, document):
+    if not _keys_unique(value, document, colons):
         return None
     # orjson refuses lone surrogates, so every string it returns encodes back to UTF-8.
     verdict = _classify_document(document, may_hold_surrogates=False)
     return None if isinstance(verdict, Invalid) else verdict
 
 
-def _keys_unique(value: bytes, document: object) -> bool:
+def _keys_unique(value: bytes, document: object, colons: int) -> bool:
     """Whether no object in `value` repeats a key, judged by counting colons.
 
-    Outside strings, a colon follows every key and nothing else; inside strings, colons are
-    text. Re-encoding the parsed document keeps every string's colons and one colon per key
-    it kept, so it has fewer colons than the input exactly when a key was dropped as a
-    duplicate (with at least its own colon). Unless the input spells a colon as an escape
-    (`\\u003a`), which decodes to one more colon than the input shows: such values are left
-    to the exact path.
+    `colons` counts the colons of `value`. Outside strings, a colon follows every key and
+    nothing else; inside strings, colons are text. Re-encoding the parsed document keeps
+    every string's colons and one colon per key it kept, so it has fewer colons than the
+    input exactly when a key was dropped as a duplicate (with at least its own colon).
+    Unless the input spells a colon as an escape (`\\u003a`), which decodes to one more
+    colon than the input shows: such values are left to the exact path.
     """
     if b"\\" in value and b"\\u003" in value:
         return False
@@ -605,7 +612,7 @@ def _keys_unique(value: bytes, document: object) -> bool:
         encoded = orjson.dumps(document)
     except orjson.JSONEncodeError:
         return False
-    return encoded.count(b":") == value.count(b":")
+    return encoded.count(b":") == colons
 
 
 def _classify_document(document: object, may_hold_surrogates: bool) -> Verdict:
