@@ -34,6 +34,9 @@ log = structlog.get_logger("consumer.worker")
 
 # How long a batch waits for records that reached the broker while the last one committed.
 TOP_UP_WAIT_MS = 20
+# Records classified between two turns of the event loop while the previous batch commits:
+# each turn lets that batch's transactions handle their answers.
+DECIDE_SLICE = 50
 # Cards named in one batch's drift log event (the metric counts them all).
 MAX_DRIFT_LOGGED = 100
 
@@ -244,26 +247,52 @@ class Worker:
             await self._plain_producer.start()
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
-        while not self._stopping.is_set():
-            self.health.alive_at = time.monotonic()
-            polled = await consumer.getmany(
-                timeout_ms=self.settings.batch_max_wait_ms,
-                max_records=self.settings.batch_max_records,
-            )
-            polled = await self._top_up(consumer, polled)
-            batches = [
-                PartitionBatch(tp, list(records)) for tp, records in polled.items() if records
-            ]
-            if batches:
-                async with self._batch_lock:
-                    with self._in_flight(batches):
-                        await self._process(consumer, batches)
-            await self._observe(consumer)
-            if self._fenced and not self._stopping.is_set():
-                self._rejoin(consumer)
-            if not batches and self.burst and await self._drained(consumer):
-                log.info("worker.drained")
-                return
+        """Poll and classify the next batch while the previous one is applied and committed.
+
+        Classifying is CPU work that touches nothing shared, and a batch's database and Kafka
+        transactions mostly wait for answers, so the two run side by side. A batch is applied
+        only after the one before it has committed. If that did not go cleanly (a partition
+        lost or rewound, records isolated, a rebalance), the classified batch is put back:
+        each of its partitions is fetched again from its committed offset.
+        """
+        committing: asyncio.Task[bool] | None = None
+        try:
+            while not self._stopping.is_set():
+                self.health.alive_at = time.monotonic()
+                rebalances = self._rebalances
+                polled = await consumer.getmany(
+                    timeout_ms=self.settings.batch_max_wait_ms,
+                    max_records=self.settings.batch_max_records,
+                )
+                polled = await self._top_up(consumer, polled)
+                batches = [
+                    PartitionBatch(tp, list(records)) for tp, records in polled.items() if records
+                ]
+                pending = await self._classify(batches)
+                if committing is not None:
+                    clean = await committing
+                    committing = None
+                    if self._fenced and not self._stopping.is_set():
+                        self._rejoin(consumer)
+                        clean = False
+                    if batches and (not clean or self._rebalances != rebalances):
+                        await self._put_back(consumer, batches)
+                        batches = []
+                await self._observe(consumer)
+                if batches and not self._stopping.is_set():
+                    await self._batch_lock.acquire()  # released by _complete
+                    committing = asyncio.create_task(self._complete(consumer, batches, pending))
+                elif not batches and self.burst and await self._drained(consumer):
+                    log.info("worker.drained")
+                    return
+        except BaseException:
+            if committing is not None:
+                # Let the batch in flight end (its lock and transaction with it); an error of
+                # its own is logged by it, the one raised here goes on.
+                await asyncio.wait([committing])
+            raise
+        if committing is not None:
+            await committing  # stopping: finish the batch in flight
 
     async def _top_up(
         self, consumer: AIOKafkaConsumer, polled: dict[TopicPartition, list[Record]]
@@ -364,15 +393,37 @@ class Worker:
 
     # -- one batch -------------------------------------------------------------------------
 
-    async def _process(self, consumer: AIOKafkaConsumer, batches: list[PartitionBatch]) -> None:
+    async def _complete(
+        self,
+        consumer: AIOKafkaConsumer,
+        batches: list[PartitionBatch],
+        pending: list[tuple[PartitionBatch, Record, Any]],
+    ) -> bool:
+        """Apply, emit and commit a classified batch, then release the batch lock (taken by
+        the loop). True when every partition committed in one go."""
+        try:
+            with self._in_flight(batches):
+                return await self._process(consumer, batches, pending)
+        finally:
+            self._batch_lock.release()
+
+    async def _process(
+        self,
+        consumer: AIOKafkaConsumer,
+        batches: list[PartitionBatch],
+        pending: list[tuple[PartitionBatch, Record, Any]] | None = None,
+    ) -> bool:
+        """True when the batch committed as a whole (no record isolated, no partition lost)."""
         started = time.perf_counter()
         size = sum(len(b.records) for b in batches)
+        isolated = False
         try:
-            await self._process_together(consumer, batches)
+            await self._process_together(consumer, batches, pending)
         except Exception as exc:
             if _is_retriable(exc):
                 raise
             log.warning("batch.isolating", error=str(exc), records=size)
+            isolated = True
             for batch in batches:
                 if not batch.committed and not batch.lost:
                     await self._process_one_by_one(consumer, batch)
@@ -390,18 +441,53 @@ class Worker:
             duration_ms=round(elapsed * 1000, 1),
             **totals,
         )
+        return not isolated and all(batch.committed for batch in batches)
 
     async def _process_together(
-        self, consumer: AIOKafkaConsumer, batches: list[PartitionBatch]
+        self,
+        consumer: AIOKafkaConsumer,
+        batches: list[PartitionBatch],
+        pending: list[tuple[PartitionBatch, Record, Any]] | None = None,
     ) -> None:
-        for batch in batches:
-            batch.reset()
-        pending = self._decide(batches)
+        if pending is None:
+            for batch in batches:
+                batch.reset()
+            pending = self._decide(batches)
         result = await self._apply_with_retry(pending)
         self._route_outcomes(batches, pending, result)
         if self.hooks.after_store_commit is not None:
             await self.hooks.after_store_commit()
         await self._commit_all(consumer, batches)
+
+    async def _classify(
+        self, batches: list[PartitionBatch]
+    ) -> list[tuple[PartitionBatch, Record, Any]]:
+        """`_decide` for a freshly polled batch, giving the event loop a turn every
+        DECIDE_SLICE records so that the previous batch's transactions move on meanwhile."""
+        pending: list[tuple[PartitionBatch, Record, Any]] = []
+        if not batches:
+            return pending
+        with self._log_context(batches):
+            decided = 0
+            for batch in batches:
+                batch.reset()
+                for record in batch.records:
+                    self._decide_record(batch, record, pending)
+                    decided += 1
+                    if decided % DECIDE_SLICE == 0:
+                        await asyncio.sleep(0)
+        return pending
+
+    async def _put_back(self, consumer: AIOKafkaConsumer, batches: list[PartitionBatch]) -> None:
+        """Forget a classified batch: each of its partitions is fetched again from the
+        committed offset, which is exactly where the unfinished work starts."""
+        for batch in batches:
+            await self._rewind(consumer, batch.tp)
+        log.info(
+            "batch.put_back",
+            records=sum(len(b.records) for b in batches),
+            partitions=sorted(b.tp.partition for b in batches),
+        )
 
     async def _process_one_by_one(self, consumer: AIOKafkaConsumer, batch: PartitionBatch) -> None:
         """Find the record that fails: each record alone, dead-lettered after N attempts."""
@@ -449,14 +535,22 @@ class Worker:
         pending: list[tuple[PartitionBatch, Record, Any]] = []
         for batch in batches:
             for record in batch.records:
-                verdict = classify(record.value)
-                if isinstance(verdict, Apply):
-                    pending.append((batch, record, verdict))
-                elif isinstance(verdict, Skip):
-                    batch.count("skipped")
-                elif isinstance(verdict, Invalid):
-                    self._queue_dead_letter(batch, record, verdict.reasons, "invalid", 1)
+                self._decide_record(batch, record, pending)
         return pending
+
+    def _decide_record(
+        self,
+        batch: PartitionBatch,
+        record: Record,
+        pending: list[tuple[PartitionBatch, Record, Any]],
+    ) -> None:
+        verdict = classify(record.value)
+        if isinstance(verdict, Apply):
+            pending.append((batch, record, verdict))
+        elif isinstance(verdict, Skip):
+            batch.count("skipped")
+        elif isinstance(verdict, Invalid):
+            self._queue_dead_letter(batch, record, verdict.reasons, "invalid", 1)
 
     def _queue_dead_letter(
         self,
@@ -790,17 +884,20 @@ class Worker:
         """While a batch runs: its partitions can stall, and every log event carries its offsets."""
         self.health.batch_since = time.monotonic()
         self.health.batch_partitions = [f"{b.tp.topic}[{b.tp.partition}]" for b in batches]
+        try:
+            with self._log_context(batches):
+                yield
+        finally:
+            self.health.batch_since = None
+
+    def _log_context(self, batches: list[PartitionBatch]) -> contextlib.AbstractContextManager[Any]:
         offsets = {
             str(b.tp.partition): [int(b.records[0].offset), int(b.records[-1].offset)]
             for b in batches
         }
-        try:
-            with structlog.contextvars.bound_contextvars(
-                topic=self.settings.input_topic, offsets=offsets
-            ):
-                yield
-        finally:
-            self.health.batch_since = None
+        return structlog.contextvars.bound_contextvars(
+            topic=self.settings.input_topic, offsets=offsets
+        )
 
     async def _observe(self, consumer: AIOKafkaConsumer) -> None:
         """Lag per partition and stall detection, from what the last fetch told us."""
