@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,14 +22,20 @@ def docker_engine_answers() -> bool:
     """True only when a Docker engine really responds (a bare client binary is not enough)."""
     if os.environ.get("TESTS_NO_DOCKER"):
         return False
-    try:
-        import docker  # comes with testcontainers
+    # docker-py leaves the socket of a failed probe open (a socket file with no engine behind
+    # it); collected later, it would fail whichever test happened to be running.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            import docker  # comes with testcontainers
 
-        client = docker.from_env(timeout=3)
-        ok = bool(client.ping())
-        client.close()
-    except Exception:  # any failure means "no engine here"
-        return False
+            client = docker.from_env(timeout=3)
+            ok = bool(client.ping())
+            client.close()
+        except Exception:  # any failure means "no engine here"
+            return False
+        finally:
+            gc.collect()
     return ok
 
 
