@@ -2,7 +2,8 @@
 
 The same consumer and producer settings as the worker (built by `consumer.kafka` from the
 same `Settings`), the same `getmany` batching, one transactional producer per input
-partition, offsets in each partition's transaction. No decoding, no validation, no database:
+partition, offsets in each partition's transaction, outputs queued as record batches as the
+worker queues them (`consumer.kafka.send_in_batches`). No decoding, no validation, no database:
 the ceiling that aiokafka allows for exactly-once Kafka to Kafka on this machine.
 """
 
@@ -17,6 +18,7 @@ from bench.contender import Progress, Spec, until_stopped
 from bench.ours import settings_for
 from consumer import kafka
 from consumer.config import Settings
+from consumer.worker import Output
 
 
 class Passthrough:
@@ -75,10 +77,10 @@ class Passthrough:
         producer = await self.producer_for(tp)
         topic = self.settings.notification_topic
         await producer.begin_transaction()
-        sent = [
-            await producer.send(topic, value=r.value, key=r.key, headers=list(r.headers))
-            for r in records
-        ]
+        # The worker's way of producing: one record batch per output partition.
+        sent: list[asyncio.Future[Any]] = []
+        outputs = [Output(topic, r.key, r.value, list(r.headers)) for r in records]
+        await kafka.send_in_batches(producer, outputs, sent)
         # The worker's order: offsets once the outputs are acknowledged (see its _transaction).
         await asyncio.gather(*sent)
         await producer.send_offsets_to_transaction(

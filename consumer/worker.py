@@ -761,10 +761,7 @@ class Worker:
         await producer.begin_transaction()
         sent: list[asyncio.Future[Any]] = []
         try:
-            for o in batch.outputs:
-                sent.append(
-                    await producer.send(o.topic, value=o.value, key=o.key, headers=o.headers)
-                )
+            await kafka.send_in_batches(producer, batch.outputs, sent)
             await asyncio.gather(*sent)
             # Offsets after the outputs are acknowledged: sent earlier, they often reach the
             # group coordinator before it has applied this producer's previous commit, and

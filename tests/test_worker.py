@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 
+from aiokafka.partitioner import murmur2
+
 from consumer.deadletter import header
 from consumer.store import open_store
 from tests import workload
 from tests.conditions import eventually
+from tests.conftest import TopicFactory
 from tests.kafkautil import group_caught_up, produce, read_committed
 from tests.workers import Topics, drain, settings_for
+
+
+def java_partition(key: bytes, partitions: int) -> int:
+    """Where Kafka's default partitioner (Java and librdkafka's murmur2) puts a keyed record."""
+    hashed: int = murmur2(key)
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 async def test_reference_payload_yields_one_entry_one_card_update_one_notification(
@@ -215,3 +224,51 @@ async def test_at_least_once_mode_applies_once_and_commits_offsets(
         timeout=30,
         what="the group's committed offsets to reach the end of the input",
     )
+
+
+async def test_outputs_go_to_the_key_partition_in_input_order(
+    kafka_bootstrap: str, new_topic: TopicFactory, sqlite_url: str
+) -> None:
+    """Notifications and dead letters are queued as one record batch per output partition:
+    each must still land where Kafka's default partitioner puts its key, in input order,
+    and a dead letter too large for a batch still arrives whole."""
+    topics = Topics(
+        input=await new_topic("in", partitions=2),
+        notifications=await new_topic("notify", partitions=5),
+        dead_letters=await new_topic("dlq", partitions=3),
+    )
+    settings = settings_for(kafka_bootstrap, topics, sqlite_url)
+    customers = [f"cust_part{c:02d}" for c in range(17)]
+    valid = [
+        workload.encode(
+            workload.activation(
+                f"vtx_part{i:04d}", voucher_id=f"v_part{i % 9}", customer_id=customers[i % 17]
+            )
+        )
+        for i in range(300)
+    ]
+    large = b'{"padding": "' + b"x" * 300_000 + b'"'  # not JSON: dead-lettered whole
+    await produce(kafka_bootstrap, topics.input, valid[:150], partition=0)
+    await produce(kafka_bootstrap, topics.input, [*valid[150:], large], partition=1)
+    await produce(kafka_bootstrap, topics.input, [b"not json"], key=b"bridge-key", partition=0)
+
+    await drain(settings)
+
+    notes = await read_committed(kafka_bootstrap, topics.notifications)
+    assert len(notes) == len(valid)
+    for note in notes:
+        assert note.key is not None
+        assert note.partition == java_partition(note.key, 5), note.key
+    for partition in range(5):
+        numbers = [
+            int(json.loads(n.value)["voucherify"]["transaction_id"].removeprefix("vtx_part"))
+            for n in notes
+            if n.partition == partition
+        ]
+        # Within an output partition, each input partition's records keep their order.
+        assert [n for n in numbers if n < 150] == sorted(n for n in numbers if n < 150)
+        assert [n for n in numbers if n >= 150] == sorted(n for n in numbers if n >= 150)
+    letters = await read_committed(kafka_bootstrap, topics.dead_letters)
+    assert sorted(len(letter.value or b"") for letter in letters) == [8, len(large)]
+    keyed = next(letter for letter in letters if letter.key == b"bridge-key")
+    assert keyed.partition == java_partition(b"bridge-key", 3)
