@@ -256,8 +256,14 @@ class Worker:
         each of its partitions is fetched again from its committed offset.
         """
         committing: asyncio.Task[bool] | None = None
+        look_ahead = False
         try:
             while not self._stopping.is_set():
+                if committing is not None and not look_ahead:
+                    # No backlog (the last batch was small): classifying ahead gains nothing,
+                    # and polling after the commit keeps latency at low rates as it was.
+                    await self._settled(consumer, committing)
+                    committing = None
                 self.health.alive_at = time.monotonic()
                 rebalances = self._rebalances
                 polled = await consumer.getmany(
@@ -270,11 +276,8 @@ class Worker:
                 ]
                 pending = await self._classify(batches)
                 if committing is not None:
-                    clean = await committing
+                    clean = await self._settled(consumer, committing)
                     committing = None
-                    if self._fenced and not self._stopping.is_set():
-                        self._rejoin(consumer)
-                        clean = False
                     if batches and (not clean or self._rebalances != rebalances):
                         await self._put_back(consumer, batches)
                         batches = []
@@ -282,6 +285,8 @@ class Worker:
                 if batches and not self._stopping.is_set():
                     await self._batch_lock.acquire()  # released by _complete
                     committing = asyncio.create_task(self._complete(consumer, batches, pending))
+                    size = sum(len(batch.records) for batch in batches)
+                    look_ahead = 2 * size >= self.settings.batch_max_records
                 elif not batches and self.burst and await self._drained(consumer):
                     log.info("worker.drained")
                     return
@@ -392,6 +397,15 @@ class Worker:
             await producer.stop()
 
     # -- one batch -------------------------------------------------------------------------
+
+    async def _settled(self, consumer: AIOKafkaConsumer, committing: asyncio.Task[bool]) -> bool:
+        """Wait for the batch in flight; True when it committed as a whole and nothing of
+        ours was fenced (a fenced replica leaves and rejoins the group here)."""
+        clean = await committing
+        if self._fenced and not self._stopping.is_set():
+            self._rejoin(consumer)
+            return False
+        return clean
 
     async def _complete(
         self,
@@ -820,10 +834,13 @@ class Worker:
         # Never guess: seeking before the committed offset would replay (re-emit) records
         # whose notifications are already committed.
         committed = await self._retrying("broker", lambda: consumer.committed(tp))
-        if committed is None:
-            await consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek(tp, committed)
+        # A rebalance may have taken the partition while we asked: its next owner starts from
+        # the committed offset, and there is nothing left to rewind here.
+        with contextlib.suppress(IllegalStateError):
+            if committed is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, committed)
 
     # -- retries and health ----------------------------------------------------------------
 
