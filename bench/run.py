@@ -59,8 +59,8 @@ FULL = Plan(
     naive_events=110_000,
     latency_s=30,
     latency_warm_up_s=5,
-    sweep_events=30_000,
-    sweep_warm_up=5_000,
+    sweep_events=60_000,
+    sweep_warm_up=10_000,
     batch_sizes=(50, 100, 250, 500, 1000, 2000, 4000),
     replicas=(1, 2, 3),
 )
