@@ -142,7 +142,11 @@ cmd_up() {
     die "controller port $KAFKA_CONTROLLER_PORT on 127.0.0.1 is already in use. Set KAFKA_CONTROLLER_PORT to a free port and retry."
   fi
   rm -rf "$RUN" && write_config
-  "${JVM[@]}" kafka.tools.StorageTool format -t "$(python3 -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')" \
+  # A random cluster id (base64 of 16 bytes). Its first byte's top bit is cleared so that it
+  # never starts with "-": the format tool then read it as an option and failed, 1 run in 64.
+  local cluster_id
+  cluster_id="$(python3 -c 'import base64,uuid;b=bytearray(uuid.uuid4().bytes);b[0]&=0x7F;print(base64.urlsafe_b64encode(bytes(b)).decode().rstrip("="))')"
+  "${JVM[@]}" kafka.tools.StorageTool format --cluster-id="$cluster_id" \
       -c "$RUN/server.properties" ${KAFKA_FORMAT_ARGS[@]+"${KAFKA_FORMAT_ARGS[@]}"} >"$RUN/format.log" 2>&1 || { cat "$RUN/format.log" >&2; die "formatting the storage failed (see above)"; }
   launch
 }
