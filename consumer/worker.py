@@ -425,7 +425,7 @@ class Worker:
         self,
         consumer: AIOKafkaConsumer,
         batches: list[PartitionBatch],
-        pending: list[tuple[PartitionBatch, Record, Any]] | None = None,
+        pending: list[tuple[PartitionBatch, Record, Any]],
     ) -> bool:
         """True when the batch committed as a whole (no record isolated, no partition lost)."""
         started = time.perf_counter()
@@ -464,9 +464,7 @@ class Worker:
         pending: list[tuple[PartitionBatch, Record, Any]] | None = None,
     ) -> None:
         if pending is None:
-            for batch in batches:
-                batch.reset()
-            pending = self._decide(batches)
+            pending = await self._classify(batches)
         result = await self._apply_with_retry(pending)
         self._route_outcomes(batches, pending, result)
         if self.hooks.after_store_commit is not None:
@@ -476,8 +474,10 @@ class Worker:
     async def _classify(
         self, batches: list[PartitionBatch]
     ) -> list[tuple[PartitionBatch, Record, Any]]:
-        """`_decide` for a freshly polled batch, giving the event loop a turn every
-        DECIDE_SLICE records so that the previous batch's transactions move on meanwhile."""
+        """Classify every record: queue dead letters now, return activations for the store.
+
+        Gives the event loop a turn every DECIDE_SLICE records, so that a batch committing
+        meanwhile (see _loop) handles its answers."""
         pending: list[tuple[PartitionBatch, Record, Any]] = []
         if not batches:
             return pending
@@ -543,14 +543,6 @@ class Worker:
                 continue
             self._attempts.pop(key, None)
             return single
-
-    def _decide(self, batches: list[PartitionBatch]) -> list[tuple[PartitionBatch, Record, Any]]:
-        """Classify every record; queue dead letters now, return activations for the store."""
-        pending: list[tuple[PartitionBatch, Record, Any]] = []
-        for batch in batches:
-            for record in batch.records:
-                self._decide_record(batch, record, pending)
-        return pending
 
     def _decide_record(
         self,
