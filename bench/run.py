@@ -197,14 +197,7 @@ class Bench:
         """
         records = min(2 * self.plan.warm_up, self.plan.events)
         spec = await self.spec("limit", "broker-warm-up", topic, target=records)
-        children = Children("broker-warm-up", [spec], self.logs)
-        bar = Bar("broker warm-up", records)
-        children.on_sample = bar.update
-        await children.start()
-        try:
-            await children.wait(within_s=120 + records / 150)
-        finally:
-            children.kill()
+        _, bar = await self.run_to("broker-warm-up", [spec], records, label="broker warm-up")
         bar.close()
 
     async def database(self, kind: str, name: str) -> str:
@@ -239,21 +232,29 @@ class Bench:
 
     # ----------------------------------------------------------------------- measurements
 
-    async def throughput(
-        self, name: str, specs: list[Spec], records: int, warm_up: int
-    ) -> dict[str, Any]:
-        """Run the contender(s) over `records` input records; events/s after `warm_up`."""
+    async def run_to(
+        self, name: str, specs: list[Spec], records: int, label: str | None = None
+    ) -> tuple[Children, Bar]:
+        """Run contender processes until `records` input records are done, behind a progress
+        bar that the caller closes with its own note. Replicas (no target) are stopped there."""
         children = Children(name, specs, self.logs)
-        bar = Bar(name, records)
+        bar = Bar(label or name, records)
         children.on_sample = bar.update
         if any(spec.target is None for spec in specs):
             children.stop_at = records
-        before = machine.CpuSnapshot.take(self.svc.kafka_pid, self.svc.postgres_pid)
         await children.start()
         try:
             await children.wait(within_s=120 + records / 150)
         finally:
             children.kill()
+        return children, bar
+
+    async def throughput(
+        self, name: str, specs: list[Spec], records: int, warm_up: int
+    ) -> dict[str, Any]:
+        """Run the contender(s) over `records` input records; events/s after `warm_up`."""
+        before = machine.CpuSnapshot.take(self.svc.kafka_pid, self.svc.postgres_pid)
+        children, bar = await self.run_to(name, specs, records)
         after = machine.CpuSnapshot.take(self.svc.kafka_pid, self.svc.postgres_pid)
         window = children.window(warm_up, records)
         events_per_s = window.events_per_s
@@ -385,14 +386,7 @@ async def memory(bench: Bench) -> dict[str, Any]:
     topic = bench.topic("memory-in")
     await bench.load(topic, workload)
     spec = await bench.spec("ours", "ours-memory", topic, target=total)
-    children = Children("ours-memory", [spec], bench.logs)
-    bar = Bar("ours-memory", total)
-    children.on_sample = bar.update
-    await children.start()
-    try:
-        await children.wait(within_s=120 + total / 150)
-    finally:
-        children.kill()
+    children, bar = await bench.run_to("ours-memory", [spec], total)
     bar.close()
     peaks = {str(n): round(children.rss_at(n), 1) for n in counts}
     first, last = peaks[str(min(counts))], peaks[str(total)]
