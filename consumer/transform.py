@@ -11,7 +11,7 @@ from consumer.notifications import (
     SCHEMA_VERSION,
     KafkaRecord,
     PendingPointsActivatedNotification,
-    notification_id,
+    notification_id_text,
     record_of_body,
 )
 from consumer.store.base import LedgerEntry, SourceOffset
@@ -35,7 +35,8 @@ def to_ledger_entry(activation: Activation, source: SourceOffset) -> LedgerEntry
 
 
 def notification_body(activation: Activation) -> dict[str, Any]:
-    """The notification as `PendingPointsActivatedNotification.model_dump()` gives it.
+    """The notification as `PendingPointsActivatedNotification.model_dump()` gives it,
+    but for the id, which is its text (orjson writes a UUID and its text the same way).
 
     Plain data in the model's field order, so the worker can serialise it without building
     and validating seven models a record (6 µs instead of 15 µs a notification).
@@ -48,7 +49,7 @@ def notification_body(activation: Activation) -> dict[str, Any]:
     return {
         "type": NOTIFICATION_TYPE,
         "schema_version": SCHEMA_VERSION,
-        "notification_id": notification_id(activation.transaction_id),
+        "notification_id": notification_id_text(activation.transaction_id),
         "activated_at": activation.activated_at,
         "customer": {
             "id": activation.customer_id,

@@ -18,6 +18,8 @@ from consumer.notifications import (
     NOTIFICATION_TYPE,
     PendingPointsActivatedNotification,
     notification_id,
+    notification_id_text,
+    to_record,
 )
 from consumer.store.base import LedgerEntry, SourceOffset
 from consumer.transform import notification_record, to_ledger_entry, to_notification
@@ -63,6 +65,11 @@ def test_the_notification_id_is_uuid5_of_the_transaction_id(seed_activation: Act
     assert notification_id(SEED_TRANSACTION) == expected
     assert to_notification(seed_activation).notification_id == expected
     assert expected == uuid.UUID("4d43400a-e6b7-5f4c-a75c-0c05ca37fe16")  # namespace never changes
+
+
+@given(st.text(min_size=1))  # no lone surrogates: classify rejects those before this
+def test_the_id_text_is_the_uuid5_text(transaction_id: str) -> None:
+    assert notification_id_text(transaction_id) == str(notification_id(transaction_id))
 
 
 def test_the_record_is_byte_identical_every_time_it_is_computed() -> None:
@@ -154,3 +161,5 @@ def test_every_applied_payload_gives_a_valid_notification(
     assert parsed.points_activated == data["pending_points"]["points"]
     assert record.key == data["customer"]["id"].encode()
     assert parsed.notification_id == notification_id(data["transaction"]["id"])
+    # The hot path's record is the one the published model gives, to the byte.
+    assert record == to_record(to_notification(activation))
