@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
+import types
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Final
+from typing import Annotated, Any, ClassVar, Final, NotRequired, Union, get_args, get_origin
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
+from typing_extensions import TypedDict
 
 __all__ = [
     "ACTIVATION_TRANSACTION_TYPE",
@@ -251,11 +262,15 @@ class Order(_Section):
     @property
     def currency(self) -> str | None:
         """`order.metadata.currency`: Voucherify orders carry no currency field of their own."""
-        if isinstance(self.metadata, dict):
-            currency = self.metadata.get("currency")
-            if isinstance(currency, str):
-                return currency
-        return None
+        return _currency(self.metadata)
+
+
+def _currency(metadata: object) -> str | None:
+    if isinstance(metadata, dict):
+        currency = metadata.get("currency")
+        if isinstance(currency, str):
+            return currency
+    return None
 
 
 class EarningRuleSource(_Section):
@@ -330,6 +345,63 @@ class WebhookEnvelope(_Section):
     data: PendingPointsActivatedData
     source: Opaque = None
     event: Opaque = None
+
+
+# --------------------------------------------------------------------------- validation
+#
+# The models are the contract: their schema is published, and their errors are the reasons
+# a dead letter gives. Validating into them costs a model instance per section, 15 a record.
+# The same fields validated into plain dicts cost a third less (9.7 instead of 14.2 us a
+# record), so values are validated by TypedDicts derived from the models field for field;
+# only a value those reject is validated by the models, for the reasons.
+
+
+def _plain(annotation: Any) -> Any:
+    """`annotation` with each model in it (alone or in a union) replaced by its TypedDict."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _typed_dict_of(annotation)
+    if get_origin(annotation) in (Union, types.UnionType):
+        return Union[tuple(_plain(arg) for arg in get_args(annotation))]  # noqa: UP007 - built from a tuple
+    return annotation
+
+
+# pydantic needs typing_extensions' TypedDict before Python 3.12; built from a runtime name.
+_TYPED_DICT: Final[Any] = TypedDict
+
+
+@functools.cache
+def _typed_dict_of(model: type[BaseModel]) -> Any:
+    """A TypedDict with the model's fields: the same types and validators, the same keys
+    required, and unknown keys ignored. An optional field left out stays out of the dict."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        annotation = _plain(info.annotation)
+        if info.metadata:
+            annotation = Annotated[(annotation, *info.metadata)]
+        fields[info.alias or name] = annotation if info.is_required() else NotRequired[annotation]
+    derived = _TYPED_DICT(model.__name__, fields)
+    derived.__pydantic_config__ = ConfigDict(extra="ignore")
+    return derived
+
+
+_ENVELOPE: Final[TypeAdapter[dict[str, Any]]] = TypeAdapter(_typed_dict_of(WebhookEnvelope))
+_DATA: Final[TypeAdapter[dict[str, Any]]] = TypeAdapter(_typed_dict_of(PendingPointsActivatedData))
+
+
+def _validated(
+    adapter: TypeAdapter[dict[str, Any]], model: type[BaseModel], value: object, prefix: str
+) -> dict[str, Any] | Invalid:
+    """`value` validated, as plain dicts; or, when it is not valid, the model's reasons."""
+    try:
+        return adapter.validate_python(value)
+    except ValidationError:
+        pass
+    try:
+        model.model_validate(value)
+    except ValidationError as exc:
+        return Invalid(_reasons(exc, prefix=prefix))
+    # Never expected (the tests hold the two to one verdict); dead-lettered as a consumer bug.
+    raise AssertionError(f"{model.__name__} accepts a value its derived TypedDict rejects")
 
 
 def input_json_schema() -> dict[str, Any]:
@@ -638,11 +710,10 @@ def _classify_envelope(envelope: dict[str, Any], may_hold_surrogates: bool) -> V
         )
     if event_type != TARGET_EVENT_TYPE:
         return Skip(event_type[:_MAX_EVENT_TYPE_CHARS])
-    try:
-        model = WebhookEnvelope.model_validate(envelope)
-    except ValidationError as exc:
-        return Invalid(_reasons(exc, prefix=""))
-    return _checked(model.data, model.id, may_hold_surrogates)
+    valid = _validated(_ENVELOPE, WebhookEnvelope, envelope, prefix="")
+    if isinstance(valid, Invalid):
+        return valid
+    return _checked(valid["data"], valid.get("id"), may_hold_surrogates)
 
 
 def _classify_bare(data: dict[str, Any], may_hold_surrogates: bool) -> Verdict:
@@ -652,11 +723,10 @@ def _classify_bare(data: dict[str, Any], may_hold_surrogates: bool) -> Verdict:
     if transaction_type == ACTIVATION_TRANSACTION_TYPE or (
         "transaction" in data and "pending_points" in data
     ):
-        try:
-            model = PendingPointsActivatedData.model_validate(data)
-        except ValidationError as exc:
-            return Invalid(_reasons(exc, prefix="data."))
-        return _checked(model, None, may_hold_surrogates)
+        valid = _validated(_DATA, PendingPointsActivatedData, data, prefix="data.")
+        if isinstance(valid, Invalid):
+            return valid
+        return _checked(valid, None, may_hold_surrogates)
     if isinstance(transaction_type, str) and transaction_type:
         return Skip(_inferred_from_transaction(data, transaction_type))
     if any(isinstance(data.get(key), dict) for key in ("voucher", "customer", "campaign")):
@@ -702,84 +772,90 @@ def _problem(detail: ErrorDetails) -> str:
 
 
 def _checked(
-    data: PendingPointsActivatedData, webhook_id: str | None, may_hold_surrogates: bool
+    data: dict[str, Any], webhook_id: str | None, may_hold_surrogates: bool
 ) -> Apply | Invalid:
-    """Cross-field checks that one model field cannot make, then the verdict."""
-    voucher_id = data.voucher.id
+    """Cross-field checks that one model field cannot make, then the verdict.
+
+    `data` is a validated `PendingPointsActivatedData` as plain dicts (see `_validated`).
+    """
+    voucher = data["voucher"]
+    transaction = data["transaction"]
+    pending = data["pending_points"]
+    customer = data["customer"]
+    campaign = data["campaign"]
+    order = data.get("order") or {}
+    voucher_id = voucher["id"]
     reasons = []
-    if data.transaction.voucher_id != voucher_id:
+    if transaction["voucher_id"] != voucher_id:
         reasons.append(
             f"data.transaction.voucher_id: must equal data.voucher.id {_show(voucher_id)}, "
-            f"got {_show(data.transaction.voucher_id)}"
+            f"got {_show(transaction['voucher_id'])}"
         )
-    pending_voucher_id = data.pending_points.voucher_id
+    pending_voucher_id = pending.get("voucher_id")
     if pending_voucher_id is not None and pending_voucher_id != voucher_id:
         reasons.append(
             f"data.pending_points.voucher_id: must equal data.voucher.id {_show(voucher_id)}, "
             f"got {_show(pending_voucher_id)}"
         )
-    banner_path, banner = _banner(data)
+    banner_path, banner = _banner(transaction, pending)
+    activation = Activation(
+        transaction_id=transaction["id"],
+        voucher_id=voucher_id,
+        voucher_code=voucher["code"],
+        customer_id=customer["id"],
+        campaign_id=campaign["id"],
+        points=pending["points"],
+        balance=data["balance"]["balance"],
+        pending_points=voucher["loyalty_card"]["pending_points"],
+        activated_at=transaction["created_at"],
+        campaign_name=campaign.get("name"),
+        order_id=order.get("id"),
+        order_amount=order.get("amount"),
+        order_currency=_currency(order.get("metadata")),
+        earning_rule_banner=banner,
+        webhook_id=webhook_id,
+        customer_name=customer.get("name"),
+        customer_email=customer.get("email"),
+        customer_source_id=customer.get("source_id"),
+    )
     if may_hold_surrogates:
-        reasons.extend(_unencodable(data, webhook_id, banner_path, banner))
+        reasons.extend(_unencodable(activation, banner_path))
     if reasons:
         return Invalid(reasons)
-    order = data.order
-    return Apply(
-        Activation(
-            transaction_id=data.transaction.id,
-            voucher_id=voucher_id,
-            voucher_code=data.voucher.code,
-            customer_id=data.customer.id,
-            campaign_id=data.campaign.id,
-            points=data.pending_points.points,
-            balance=data.balance.balance,
-            pending_points=data.voucher.loyalty_card.pending_points,
-            activated_at=data.transaction.created_at,
-            campaign_name=data.campaign.name,
-            order_id=None if order is None else order.id,
-            order_amount=None if order is None else order.amount,
-            order_currency=None if order is None else order.currency,
-            earning_rule_banner=banner,
-            webhook_id=webhook_id,
-            customer_name=data.customer.name,
-            customer_email=data.customer.email,
-            customer_source_id=data.customer.source_id,
-        )
-    )
+    return Apply(activation)
 
 
-def _banner(data: PendingPointsActivatedData) -> tuple[str, str | None]:
+def _banner(transaction: dict[str, Any], pending: dict[str, Any]) -> tuple[str, str | None]:
     """The earning rule's banner: the transaction's copy first, the pending entry's second."""
-    details = data.transaction.details
-    if details is not None and details.earning_rule is not None:
-        banner = details.earning_rule.banner
-        if banner is not None:
-            return _BANNER_PATHS[0], banner
-    pending_details = data.pending_points.details
-    if pending_details is not None and pending_details.earning_rule is not None:
-        return _BANNER_PATHS[1], pending_details.earning_rule.banner
-    return _BANNER_PATHS[1], None
+    banner = _rule_banner(transaction.get("details"))
+    if banner is not None:
+        return _BANNER_PATHS[0], banner
+    return _BANNER_PATHS[1], _rule_banner(pending.get("details"))
 
 
-def _unencodable(
-    data: PendingPointsActivatedData, webhook_id: str | None, banner_path: str, banner: str | None
-) -> list[str]:
+def _rule_banner(details: dict[str, Any] | None) -> str | None:
+    """`details.earning_rule.source.banner`, where each step may be missing or null."""
+    rule = None if details is None else details.get("earning_rule")
+    source = None if rule is None else rule.get("source")
+    return None if source is None else source.get("banner")
+
+
+def _unencodable(activation: Activation, banner_path: str) -> list[str]:
     """Fields passed on downstream that hold lone surrogates, which no UTF-8 encoder accepts."""
-    order = data.order
     passed_on = {
-        "id": webhook_id,
-        "data.transaction.id": data.transaction.id,
-        "data.voucher.id": data.voucher.id,
-        "data.voucher.code": data.voucher.code,
-        "data.customer.id": data.customer.id,
-        "data.customer.name": data.customer.name,
-        "data.customer.email": data.customer.email,
-        "data.customer.source_id": data.customer.source_id,
-        "data.campaign.id": data.campaign.id,
-        "data.campaign.name": data.campaign.name,
-        "data.order.id": None if order is None else order.id,
-        "data.order.metadata.currency": None if order is None else order.currency,
-        banner_path: banner,
+        "id": activation.webhook_id,
+        "data.transaction.id": activation.transaction_id,
+        "data.voucher.id": activation.voucher_id,
+        "data.voucher.code": activation.voucher_code,
+        "data.customer.id": activation.customer_id,
+        "data.customer.name": activation.customer_name,
+        "data.customer.email": activation.customer_email,
+        "data.customer.source_id": activation.customer_source_id,
+        "data.campaign.id": activation.campaign_id,
+        "data.campaign.name": activation.campaign_name,
+        "data.order.id": activation.order_id,
+        "data.order.metadata.currency": activation.order_currency,
+        banner_path: activation.earning_rule_banner,
     }
     reasons = []
     for path, text in passed_on.items():
