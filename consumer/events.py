@@ -428,7 +428,9 @@ def input_json_schema() -> dict[str, Any]:
 # --------------------------------------------------------------------------- verdicts
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, and this one,
+# built once a record, cost 2.3 instead of 0.9 us. Nothing changes it after classify.
+@dataclass(slots=True)
 class Activation:
     """A validated activation: everything the ledger and the notification need, flattened."""
 

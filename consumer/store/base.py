@@ -22,7 +22,9 @@ class SourceOffset:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, like `consumer.events.Activation`: one is built a record, and a frozen one
+# costs twice as much. Stores and the worker only read them.
+@dataclass(slots=True)
 class LedgerEntry:
     """One activation to record. Built by `consumer.transform` from a validated event."""
 
@@ -43,7 +45,7 @@ class LedgerEntry:
             raise ValueError("LedgerEntry.occurred_at must carry a time zone")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredEntry(LedgerEntry):
     """A ledger row as stored: the entry that first applied it, and when."""
 
