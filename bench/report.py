@@ -56,6 +56,17 @@ def verdicts(results: dict[str, Any]) -> str:
         f"ours / limit = {results['ratio_to_limit']:.1%}, "
         f"ours / naive = {results['ratio_to_naive']:.1f}x"
     ]
+    rounds = {
+        key: row["rounds_events_per_s"]
+        for key, row in results["contenders"].items()
+        if len(row.get("rounds_events_per_s", ())) > 1
+    }
+    if rounds:
+        shown = "; ".join(
+            f"{key} " + " / ".join(_number(value) for value in values)
+            for key, values in rounds.items()
+        )
+        lines.append(f"events/s by round (the better one above): {shown}")
     for label, met in TARGETS:
         lines.append(f"  [{'met' if met(results) else 'MISSED'}] {label}")
     return "\n".join(lines)

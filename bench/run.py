@@ -43,6 +43,7 @@ class Plan:
     sweep_warm_up: int
     batch_sizes: tuple[int, ...]
     replicas: tuple[int, ...]
+    rounds: int = 1  # throughput runs per contender; the better one is reported
     memory_events: tuple[int, ...] = (100_000, 500_000)  # --memory: peak RSS up to each
     memory_only: bool = False
     settings: dict[str, Any] = field(default_factory=dict)  # worker Settings overrides
@@ -63,6 +64,7 @@ FULL = Plan(
     sweep_warm_up=10_000,
     batch_sizes=(50, 100, 250, 500, 1000, 2000, 4000),
     replicas=(1, 2, 3),
+    rounds=2,
 )
 QUICK = Plan(
     name="quick",
@@ -332,21 +334,40 @@ def check(name: str, counts: dict[str, int], expectation: Expectation) -> bool:
     return not wrong
 
 
+LINE_UP: tuple[tuple[str, Kind, str], ...] = (
+    ("ours-postgresql", "ours", "postgresql"),
+    ("ours-sqlite", "ours", "sqlite"),
+    ("limit", "limit", "postgresql"),
+    ("naive", "naive", "postgresql"),
+)
+
+
 async def contenders(bench: Bench, expectation: Expectation, topic: str) -> dict[str, Any]:
+    """Each contender's throughput over the same topic, in `plan.rounds` rounds.
+
+    A contender's figure can move by a fifth from one minute to the next on this VM (the
+    limit measured 23,834 and 31,793 events/s four minutes apart in one run), so with two
+    rounds each contender runs twice, in reverse order the second time, and its better
+    round is reported; every round's figure is kept in `rounds_events_per_s`.
+    """
     plan = bench.plan
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in LINE_UP}
+    for round_ in range(plan.rounds):
+        for name, kind, store in LINE_UP if round_ % 2 == 0 else LINE_UP[::-1]:
+            label = name if plan.rounds == 1 else f"{name}-r{round_ + 1}"
+            records = plan.naive_events if kind == "naive" else plan.events
+            spec = await bench.spec(kind, label, topic, target=records, store=store)
+            result = await bench.throughput(label, [spec], records, plan.warm_up)
+            if kind == "ours":
+                result["verified"] = check(label, result["counts"], expectation)
+            rounds[name].append(result)
     found: dict[str, Any] = {}
-    for name, kind, store in (
-        ("ours-postgresql", "ours", "postgresql"),
-        ("ours-sqlite", "ours", "sqlite"),
-        ("limit", "limit", "postgresql"),
-        ("naive", "naive", "postgresql"),
-    ):
-        records = plan.naive_events if kind == "naive" else plan.events
-        spec = await bench.spec(kind, name, topic, target=records, store=store)  # type: ignore[arg-type]
-        result = await bench.throughput(name, [spec], records, plan.warm_up)
-        if kind == "ours":
-            result["verified"] = check(name, result["counts"], expectation)
-        found[name] = result
+    for name, results in rounds.items():
+        best = dict(max(results, key=lambda result: float(result["events_per_s"])))
+        if "verified" in best:
+            best["verified"] = all(result["verified"] for result in results)
+        best["rounds_events_per_s"] = [result["events_per_s"] for result in results]
+        found[name] = best
     return found
 
 
@@ -429,13 +450,8 @@ async def run(plan: Plan) -> dict[str, Any]:
             expectation = workload.expectation()
             results = await contenders(bench, expectation, topic)
             latencies: dict[str, Any] = {}
-            for name, kind, store in (
-                ("ours-postgresql", "ours", "postgresql"),
-                ("ours-sqlite", "ours", "sqlite"),
-                ("limit", "limit", "postgresql"),
-                ("naive", "naive", "postgresql"),
-            ):
-                latencies[name] = await bench.latency_at_rate(kind, name, store)  # type: ignore[arg-type]
+            for name, kind, store in LINE_UP:
+                latencies[name] = await bench.latency_at_rate(kind, name, store)
             swept = await sweeps(bench)
         finally:
             await bench.admin.close()
