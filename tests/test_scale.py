@@ -20,6 +20,7 @@ import pytest
 
 from consumer.store import LedgerEntry, SourceOffset, Store, open_store
 from consumer.store import postgres as postgres_store
+from consumer.store.base import CardChange
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -154,21 +155,14 @@ async def test_a_million_entries_keep_duplicate_checks_and_card_updates_index_ba
     ids = [f"vtx_bulk{rng.randrange(1, BULK + 1):08d}" for _ in range(BATCH // 2)]
     vouchers = sorted({f"v_vtx_bulk{rng.randrange(BULK_CARDS)}" for _ in range(BATCH // 2)})
     lookup = await _explain(postgres_url, postgres_store._STORED_SOURCES, ids)
+    changes = [CardChange(v, 1, _entry(f"vtx_x{n}", v, n)) for n, v in enumerate(vouchers)]
     cards = await _explain(
-        postgres_url,
-        postgres_store._UPSERT_CARDS,
-        vouchers,
-        [1] * len(vouchers),
-        [0] * len(vouchers),
-        [0] * len(vouchers),
-        [f"vtx_x{v}" for v in range(len(vouchers))],
-        [EPOCH] * len(vouchers),
-        vouchers,
+        postgres_url, postgres_store._UPSERT_CARDS, postgres_store._card_rows(changes), vouchers
     )
     insert = await _explain(
         postgres_url,
         postgres_store._INSERT_LEDGER,
-        *postgres_store._ledger_columns([_entry(i, "v_x", 0) for i in ids]),
+        postgres_store._ledger_rows([_entry(i, "v_x", 0) for i in ids]),
     )
 
     print(  # noqa: T201  the numbers are the point; they are reported, never asserted

@@ -32,6 +32,7 @@ from consumer.store import (
     open_store,
     run_migrations,
 )
+from consumer.store.postgres import PostgresStore
 from consumer.store.schema import expected_version, migrations
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,6 +229,37 @@ async def test_a_failing_batch_leaves_no_trace(store: Store) -> None:
     assert not caught.value.retriable
     assert await store.counts() == StoreCounts(0, 0, 0, 0)
     assert kinds(await store.apply_batch([good])) == ["applied"]
+
+
+async def test_64_bit_values_and_microseconds_are_stored_exactly(store: Store) -> None:
+    # PostgreSQL receives a batch as JSON: its numbers and times must come back unchanged.
+    at = datetime(2025, 1, 8, 14, 8, 34, 127001, tzinfo=UTC)
+    big = entry("vtx_big", points=2**63 - 1, balance=2**63 - 1, at=at, offset=2**62 + 1)
+
+    assert kinds(await store.apply_batch([big])) == ["applied"]
+
+    stored = await store.ledger_entry("vtx_big")
+    assert stored is not None
+    assert (stored.points, stored.reported_balance, stored.source) == (
+        big.points,
+        big.reported_balance,
+        big.source,
+    )
+    assert stored.occurred_at == at
+    card = await store.card("v_card1")
+    assert card is not None
+    assert (card.activated_points, card.last_transaction_at) == (2**63 - 1, at)
+
+
+async def test_text_no_database_can_hold_is_refused_for_good(store: Store) -> None:
+    # PostgreSQL text cannot hold NUL; the worker dead-letters such a record, never retries.
+    if not isinstance(store, PostgresStore):
+        pytest.skip("SQLite stores NUL in text")
+    with pytest.raises(StoreError) as caught:
+        await store.apply_batch([entry("vtx_\x00nul")])
+
+    assert not caught.value.retriable
+    assert await store.counts() == StoreCounts(0, 0, 0, 0)
 
 
 # -- balances --------------------------------------------------------------------------------

@@ -9,10 +9,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
+import orjson
 
 from consumer.errors import StoreConflict, StoreError, StoreUnavailable
 from consumer.store.base import (
     BatchResult,
+    CardChange,
     CardState,
     LedgerEntry,
     SourceOffset,
@@ -69,12 +71,20 @@ transaction_id, voucher_id, customer_id, campaign_id, points, reported_balance,
 reported_pending, occurred_at, source_topic, source_partition, source_offset
 """
 
-# Rows arrive sorted by transaction id, so concurrent batches lock them in the same order.
+# A batch's rows travel as one JSON array of objects ($1), not as a parameter array a
+# column: asyncpg checks every element of a parameter array against collections.abc, which
+# cost 3.4 us of the worker's CPU an entry; orjson and the server's JSON parser, 1.2.
+# Rows arrive sorted by transaction id and are inserted in that order (ordinality), so
+# concurrent batches lock them in the same order.
 _INSERT_LEDGER = f"""
 INSERT INTO ledger ({_LEDGER_COLUMNS})
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                     $6::bigint[], $7::bigint[], $8::timestamptz[], $9::text[], $10::integer[],
-                     $11::bigint[])
+SELECT {_LEDGER_COLUMNS}
+FROM ROWS FROM (json_to_recordset($1::json) AS (
+    transaction_id text, voucher_id text, customer_id text, campaign_id text, points bigint,
+    reported_balance bigint, reported_pending bigint, occurred_at timestamptz,
+    source_topic text, source_partition integer, source_offset bigint
+)) WITH ORDINALITY AS row
+ORDER BY row.ordinality
 ON CONFLICT (transaction_id) DO NOTHING
 RETURNING transaction_id
 """
@@ -92,13 +102,18 @@ last_transaction_id, last_transaction_at
 _NEWER = """(excluded.last_transaction_at, excluded.last_transaction_id)
     > (card.last_transaction_at, card.last_transaction_id)"""
 
-# One statement: add the new points to their cards (sorted by voucher id, the lock order),
-# and read the cards this batch touched only through replays and duplicates ($7).
+# One statement: add the new points to their cards (JSON as above, sorted by voucher id,
+# the lock order), and read the cards this batch touched only through replays and
+# duplicates ($2).
 _UPSERT_CARDS = f"""
 WITH changed AS (
     INSERT INTO cards AS card ({_CARD_COLUMNS})
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
-                         $6::timestamptz[])
+    SELECT {_CARD_COLUMNS}
+    FROM ROWS FROM (json_to_recordset($1::json) AS (
+        voucher_id text, activated_points bigint, reported_balance bigint,
+        reported_pending bigint, last_transaction_id text, last_transaction_at timestamptz
+    )) WITH ORDINALITY AS row
+    ORDER BY row.ordinality
     ON CONFLICT (voucher_id) DO UPDATE SET
         activated_points = card.activated_points + excluded.activated_points,
         reported_balance = CASE WHEN {_NEWER} THEN excluded.reported_balance
@@ -114,7 +129,7 @@ WITH changed AS (
 )
 SELECT {_CARD_COLUMNS} FROM changed
 UNION ALL
-SELECT {_CARD_COLUMNS} FROM cards WHERE voucher_id = ANY($7::text[])
+SELECT {_CARD_COLUMNS} FROM cards WHERE voucher_id = ANY($2::text[])
 """
 
 
@@ -219,7 +234,7 @@ class PostgresStore:
         unique = first_occurrences(entries)
         with self._translated():
             async with self._pool.acquire() as conn, conn.transaction():
-                inserted = await conn.fetch(_INSERT_LEDGER, *_ledger_columns(unique))
+                inserted = await conn.fetch(_INSERT_LEDGER, _ledger_rows(unique))
                 applied_ids = {row[0] for row in inserted}
                 present = [e.transaction_id for e in unique if e.transaction_id not in applied_ids]
                 stored: dict[str, SourceOffset] = {}
@@ -230,16 +245,7 @@ class PostgresStore:
                 changes = card_changes(new)
                 changed = {change.voucher_id for change in changes}
                 untouched = sorted({entry.voucher_id for entry in entries} - changed)
-                card_rows = await conn.fetch(
-                    _UPSERT_CARDS,
-                    [change.voucher_id for change in changes],
-                    [change.points for change in changes],
-                    [change.newest.reported_balance for change in changes],
-                    [change.newest.reported_pending for change in changes],
-                    [change.newest.transaction_id for change in changes],
-                    [change.newest.occurred_at for change in changes],
-                    untouched,
-                )
+                card_rows = await conn.fetch(_UPSERT_CARDS, _card_rows(changes), untouched)
                 outcomes = decide(entries, applied_ids, stored)
         cards = tuple(sorted((_card(row) for row in card_rows), key=lambda c: c.voucher_id))
         return BatchResult(outcomes, cards)
@@ -291,20 +297,43 @@ class PostgresStore:
         return _translated(self._where)
 
 
-def _ledger_columns(entries: Sequence[LedgerEntry]) -> list[list[Any]]:
-    return [
-        [e.transaction_id for e in entries],
-        [e.voucher_id for e in entries],
-        [e.customer_id for e in entries],
-        [e.campaign_id for e in entries],
-        [e.points for e in entries],
-        [e.reported_balance for e in entries],
-        [e.reported_pending for e in entries],
-        [e.occurred_at for e in entries],
-        [e.source.topic for e in entries],
-        [e.source.partition for e in entries],
-        [e.source.offset for e in entries],
-    ]
+def _ledger_rows(entries: Sequence[LedgerEntry]) -> str:
+    """The entries as the JSON array `_INSERT_LEDGER` reads, in their order."""
+    return orjson.dumps(
+        [
+            {
+                "transaction_id": e.transaction_id,
+                "voucher_id": e.voucher_id,
+                "customer_id": e.customer_id,
+                "campaign_id": e.campaign_id,
+                "points": e.points,
+                "reported_balance": e.reported_balance,
+                "reported_pending": e.reported_pending,
+                "occurred_at": e.occurred_at,
+                "source_topic": e.source.topic,
+                "source_partition": e.source.partition,
+                "source_offset": e.source.offset,
+            }
+            for e in entries
+        ]
+    ).decode()
+
+
+def _card_rows(changes: Sequence[CardChange]) -> str:
+    """The card changes as the JSON array `_UPSERT_CARDS` reads, in their order."""
+    return orjson.dumps(
+        [
+            {
+                "voucher_id": change.voucher_id,
+                "activated_points": change.points,
+                "reported_balance": change.newest.reported_balance,
+                "reported_pending": change.newest.reported_pending,
+                "last_transaction_id": change.newest.transaction_id,
+                "last_transaction_at": change.newest.occurred_at,
+            }
+            for change in changes
+        ]
+    ).decode()
 
 
 @contextlib.contextmanager
