@@ -147,6 +147,8 @@ def _timestamp(value: object) -> datetime:
     if parsed.utcoffset() is None:
         # Without an offset the instant is unknown, and the newest-snapshot rule needs instants.
         raise _reject("timestamp", "must carry a timezone (Z or ±hh:mm)", value)
+    if parsed.tzinfo is UTC:  # "Z", as Voucherify writes them: already normalised
+        return parsed
     try:
         # Normalised here so that every later use compares and prints instants in UTC.
         return parsed.astimezone(UTC)

@@ -8,7 +8,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -59,9 +59,9 @@ class Record(Protocol):
 Hook = Callable[[], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
-    """One record to produce inside a partition's Kafka transaction."""
+class Output(NamedTuple):
+    """One record to produce inside a partition's Kafka transaction (a tuple: one a record,
+    built in half the time of a frozen dataclass)."""
 
     topic: str
     key: bytes | None
