@@ -35,9 +35,9 @@ log = structlog.get_logger("consumer.worker")
 # How long a batch waits for records that reached the broker while the last one committed.
 TOP_UP_WAIT_MS = 20
 # Records classified between two turns of the event loop while the previous batch commits:
-# each turn lets that batch's transactions handle their answers. Every answer waits for the
-# slice in progress, so slices are short (~0.15 ms): 50 records a slice held each of the
-# batch's ~10 round trips up by up to 1.4 ms. Bench harness, events/s: 50 -> 12,000;
+# each turn lets that batch's transactions handle their answers. Every answer (PostgreSQL
+# statements, produce and transaction requests) waits for the slice in progress, so slices
+# are short (~0.15 ms; 50 records took ~1.4 ms). Bench harness, events/s: 50 -> 12,000;
 # 20 -> 12,200; 10 -> 13,500; 5 -> 14,200; 2 -> 14,100; 1 -> 12,400 (a turn per record).
 DECIDE_SLICE = 5
 # Cards named in one batch's drift log event (the metric counts them all).

@@ -72,8 +72,8 @@ reported_pending, occurred_at, source_topic, source_partition, source_offset
 """
 
 # A batch's rows travel as one JSON array of objects ($1), not as a parameter array a
-# column: asyncpg checks every element of a parameter array against collections.abc, which
-# cost 3.4 us of the worker's CPU an entry; orjson and the server's JSON parser, 1.2.
+# column: with eleven arrays, whose every element asyncpg checks against collections.abc,
+# this statement cost the worker 3.4 us of CPU an entry; with orjson's one string, 1.2.
 # Rows arrive sorted by transaction id and are inserted in that order (ordinality), so
 # concurrent batches lock them in the same order.
 _INSERT_LEDGER = f"""
