@@ -8,6 +8,7 @@ from typing import Any
 from bench.contender import Progress, Spec, until_stopped
 from consumer.config import Settings
 from consumer.metrics import Metrics
+from consumer.runtime import tune_garbage_collector
 from consumer.store import open_store
 from consumer.worker import Worker
 
@@ -43,6 +44,7 @@ async def run_ours(spec: Spec) -> dict[str, Any]:
     metrics = Metrics()
     worker = Worker(settings, store, metrics=metrics)
     progress = Progress(spec.target, worker.stop)
+    tune_garbage_collector(settings.gc_gen0_threshold)  # as `consumer.service.run_worker` does
 
     def done() -> int:
         if worker.health.assigned:

@@ -3,7 +3,8 @@
 The same consumer and producer settings as the worker (built by `consumer.kafka` from the
 same `Settings`), the same `getmany` batching, one transactional producer per input
 partition, offsets in each partition's transaction, outputs queued as record batches as the
-worker queues them (`consumer.kafka.send_in_batches`). No decoding, no validation, no database:
+worker queues them (`consumer.kafka.send_in_batches`), the same garbage-collector tuning
+(`consumer.runtime`). No decoding, no validation, no database:
 the ceiling that aiokafka allows for exactly-once Kafka to Kafka on this machine.
 """
 
@@ -18,6 +19,7 @@ from bench.contender import Progress, Spec, until_stopped
 from bench.ours import settings_for
 from consumer import kafka
 from consumer.config import Settings
+from consumer.runtime import tune_garbage_collector
 from consumer.worker import Output
 
 
@@ -103,5 +105,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 async def run_passthrough(spec: Spec) -> dict[str, Any]:
     settings = settings_for(spec)
     passthrough = Passthrough(settings, spec.target)
+    tune_garbage_collector(settings.gc_gen0_threshold)  # the same process tuning as ours
     await until_stopped(passthrough.run(), passthrough.progress, lambda: passthrough.done)
     return {"done": passthrough.done, "counts": {"passed": passthrough.done}}

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigurationError
+from consumer.runtime import DEFAULT_GC_GEN0_THRESHOLD
 
 DeliveryMode = Literal["exactly-once", "at-least-once"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -50,6 +51,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     migrate_on_start: bool = False
     cloudevents_source: str = Field("urn:loyalty-consumer", min_length=1)
+    gc_gen0_threshold: int = Field(DEFAULT_GC_GEN0_THRESHOLD, ge=0, le=10_000_000)
 
     kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
     kafka_sasl_mechanism: SaslMechanism | None = None

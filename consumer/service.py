@@ -13,6 +13,7 @@ import structlog
 from consumer.config import Settings
 from consumer.errors import ConsumerError
 from consumer.metrics import Metrics
+from consumer.runtime import tune_garbage_collector
 from consumer.store import open_store
 from consumer.worker import Hooks, Worker
 
@@ -60,6 +61,7 @@ async def run_worker(settings: Settings, *, once: bool = False) -> None:
         from consumer.http import serve
 
         runner = await serve(worker, store, settings.http_host, settings.http_port)
+    tune_garbage_collector(settings.gc_gen0_threshold)
     task = asyncio.ensure_future(worker.run())
 
     def stop_within_bound() -> None:

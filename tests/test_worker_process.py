@@ -155,6 +155,9 @@ async def test_sigterm_stops_gracefully_with_exit_status_zero(
             process.kill()
     assert code == 0
     assert "worker.stopped" in rest.decode()
+    # The service tunes the collector before the first poll (consumer.runtime).
+    tuned = [line for line in seen if "gc.tuned" in line]
+    assert tuned and '"gen0_threshold": 50000' in tuned[0], "".join(seen)
 
 
 async def test_missing_topic_names_the_variable_to_fix(

@@ -1,0 +1,38 @@
+"""Process-wide tuning the service applies once it has started, before the first record."""
+
+from __future__ import annotations
+
+import gc
+from typing import Final
+
+import structlog
+
+log = structlog.get_logger("consumer.runtime")
+
+# Python collects its youngest generation after every 700 net new container objects. The
+# worker keeps a batch or two of records alive (up to ~40,000 such objects at 2,000 records
+# a batch), so with that threshold it traversed the same live batches over and over: about
+# 9% of its CPU at full load, measured with `gc.callbacks`. It creates almost no reference
+# cycles (everything it drops is freed by reference counting), so a higher threshold delays
+# little garbage and bounds what it can delay.
+DEFAULT_GC_GEN0_THRESHOLD: Final = 50_000
+
+
+def tune_garbage_collector(gen0_threshold: int) -> None:
+    """Move everything alive now (modules, clients, models) out of the collector's reach
+    with `gc.freeze()`, and collect the youngest generation after `gen0_threshold` net new
+    container objects. 0 leaves Python's defaults as they are.
+
+    Call once per process, after start-up: what start-up allocated is never garbage, and
+    full collections then no longer traverse it (they took ~20 ms each).
+    """
+    if gen0_threshold == 0:
+        return
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, gen1, gen2)
+    log.info("gc.tuned", gen0_threshold=gen0_threshold, frozen_objects=gc.get_freeze_count())
+
+
+__all__ = ["DEFAULT_GC_GEN0_THRESHOLD", "tune_garbage_collector"]
