@@ -44,13 +44,16 @@ _NAMESPACE_BYTES: Final = NOTIFICATION_NAMESPACE.bytes
 
 def notification_id_text(transaction_id: str) -> str:
     """`str(notification_id(transaction_id))`, for the worker's hot path: the same RFC 4122
-    steps without building a UUID object (0.9 instead of 2.2 us a notification)."""
+    steps on the SHA-1 digest's hex text, with no UUID object and no byte edits (0.75 us a
+    notification; 0.95 editing the digest's bytes, 2.2 with `uuid5`)."""
     name = _NAMESPACE_BYTES + transaction_id.encode()
-    digest = bytearray(hashlib.sha1(name, usedforsecurity=False).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
-    hexed = digest.hex()
-    return f"{hexed[:8]}-{hexed[8:12]}-{hexed[12:16]}-{hexed[16:20]}-{hexed[20:]}"
+    hexed = hashlib.sha1(name, usedforsecurity=False).hexdigest()
+    # Version 5 replaces the 13th hex digit; the RFC 4122 variant sets the 17th's top two bits.
+    variant = _VARIANT_DIGIT[hexed[16]]
+    return f"{hexed[:8]}-{hexed[8:12]}-5{hexed[13:16]}-{variant}{hexed[17:20]}-{hexed[20:32]}"
+
+
+_VARIANT_DIGIT: Final = {f"{n:x}": f"{(n & 0x3) | 0x8:x}" for n in range(16)}
 
 
 class _Part(BaseModel):
