@@ -135,6 +135,11 @@ async def test_metrics_count_a_known_workload_exactly(
     assert metrics["loyalty_consumer_batch_size_count"] > 0
     assert metrics["loyalty_consumer_batch_size_sum"] == len(everything)
     assert metrics["loyalty_consumer_batch_duration_seconds_count"] > 0
+    # One latency sample for every input record, once its effects are committed.
+    latency = "loyalty_consumer_end_to_end_latency_seconds"
+    assert metrics[f"{latency}_count"] == len(everything)
+    assert metrics[f'{latency}_bucket{{le="+Inf"}}'] == len(everything)
+    assert metrics[f"{latency}_sum"] > 0
     assert metrics["loyalty_consumer_assigned_partitions"] == 3
     assert metrics["loyalty_consumer_ready"] == 1
     assert health == (200, {"alive": True})
