@@ -15,7 +15,7 @@ log = structlog.get_logger("consumer.runtime")
 # (timed with `gc.callbacks`). At 10,000 the youngest generation still ran ~100 times
 # (0.23 s); at 50,000 twice (0.04 s for all generations). That so few collections were due
 # shows how little the worker leaves to the collector: what it drops is freed by reference
-# counting, and garbage in cycles can never exceed the threshold.
+# counting; what it leaves in cycles is found later than before, not never.
 DEFAULT_GC_GEN0_THRESHOLD: Final = 50_000
 
 
