@@ -27,34 +27,33 @@ def _child(body: str) -> dict[str, object]:
     return result
 
 
-def test_tuning_freezes_start_up_and_raises_the_youngest_threshold() -> None:
+def _tuned(threshold: int) -> tuple[object, object, object]:
+    """The thresholds before and after `tune_garbage_collector(threshold)`, and how many
+    objects it froze."""
     seen = _child(
-        """
+        f"""
         before = gc.get_threshold()
-        tune_garbage_collector(50_000)
-        print(json.dumps({"before": before, "after": gc.get_threshold(),
-                          "frozen": gc.get_freeze_count()}))
+        tune_garbage_collector({threshold})
+        print(json.dumps({{"before": before, "after": gc.get_threshold(),
+                          "frozen": gc.get_freeze_count()}}))
         """
     )
+    return seen["before"], seen["after"], seen["frozen"]
 
-    before, after = seen["before"], seen["after"]
+
+def test_tuning_freezes_start_up_and_raises_the_youngest_threshold() -> None:
+    before, after, frozen = _tuned(50_000)
+
     assert isinstance(before, list) and isinstance(after, list)
     assert after == [50_000, *before[1:]]
-    assert isinstance(seen["frozen"], int) and seen["frozen"] > 1_000  # the imported modules
+    assert isinstance(frozen, int) and frozen > 1_000  # the imported modules
 
 
 def test_zero_leaves_the_collector_as_python_sets_it() -> None:
-    seen = _child(
-        """
-        before = gc.get_threshold()
-        tune_garbage_collector(0)
-        print(json.dumps({"before": before, "after": gc.get_threshold(),
-                          "frozen": gc.get_freeze_count()}))
-        """
-    )
+    before, after, frozen = _tuned(0)
 
-    assert seen["after"] == seen["before"]
-    assert seen["frozen"] == 0
+    assert after == before
+    assert frozen == 0
 
 
 @pytest.mark.parametrize("threshold", [1_000, 50_000])
