@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 
 all: test
 
-$(BIN)/loyalty-consumer: pyproject.toml
+# The C source too: an editable install builds consumer/_jsonshape once, not on import.
+$(BIN)/loyalty-consumer: pyproject.toml consumer/_jsonshape.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"

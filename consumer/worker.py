@@ -25,7 +25,7 @@ from consumer.errors import (
     Fenced,
     StoreUnavailable,
 )
-from consumer.events import Apply, Invalid, Skip, classify
+from consumer.events import NATIVE_SHAPE_CHECKS, Apply, Invalid, Skip, classify
 from consumer.metrics import Metrics
 from consumer.store.base import BatchResult, CardState, LedgerEntry, SourceOffset, Store
 from consumer.transform import notification_record, to_ledger_entry
@@ -214,6 +214,7 @@ class Worker:
             topic=self.settings.input_topic,
             group=self.settings.consumer_group,
             mode=self.settings.delivery_mode,
+            native_shape_checks=NATIVE_SHAPE_CHECKS,
         )
         try:
             await self._loop(consumer)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -589,6 +591,120 @@ def test_any_activation_gets_the_exact_verdict(
     data["transaction"]["details"] = extra
     value = shaped(data, shape)
     assert classify(value) == classify_exactly(value)
+
+
+# ------------------------------------------------------------------ native shape checks
+#
+# The fast path's depth and duplicate-key checks run in native code when it is built
+# (consumer/_jsonshape.c), in Python otherwise; the two must agree on every value orjson reads.
+
+
+def _keys_in(document: Any) -> int:
+    if isinstance(document, dict):
+        return len(document) + sum(_keys_in(value) for value in document.values())
+    if isinstance(document, list):
+        return sum(_keys_in(item) for item in document)
+    return 0
+
+
+def _depth_of(document: Any) -> int:
+    if isinstance(document, dict):
+        return 1 + max((_depth_of(value) for value in document.values()), default=0)
+    if isinstance(document, list):
+        return 1 + max((_depth_of(item) for item in document), default=0)
+    return 0
+
+
+def _nested(levels: int) -> Any:
+    document: Any = {"end": 'a:b{c[d\\e"f'}
+    for level in range(levels - 1):
+        document = {f"k{level}": document} if level % 2 else [document]
+    return document
+
+
+_tricky_text = st.text(alphabet=st.sampled_from('ab:{}[]"\\,\u00e9\u2028'), max_size=12)
+_tricky_json = st.recursive(
+    st.none() | st.integers(-(2**63), INT64_MAX) | _tricky_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_tricky_text, inner, max_size=4),
+    max_leaves=30,
+)
+_needs_native = pytest.mark.skipif(
+    not events.NATIVE_SHAPE_CHECKS, reason="consumer._jsonshape is not built (no C compiler)"
+)
+
+
+def test_the_native_shape_checks_are_built_where_a_c_compiler_is() -> None:
+    """`make install` builds them, and measurements assume them: losing them must be loud."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: the Python checks run instead, by design")
+    assert events.NATIVE_SHAPE_CHECKS
+
+
+@_needs_native
+@BOUNDED
+@given(document=_tricky_json, compact=st.booleans())
+def test_native_counts_keys_and_bounds_depth_as_the_document_shows(
+    document: Any, compact: bool
+) -> None:
+    from consumer import _jsonshape
+
+    value = orjson.dumps(document) if compact else json.dumps(document, indent=1).encode()
+    assert _jsonshape.keys(orjson.loads(value)) == _keys_in(document)
+    assert _jsonshape.structure(value, 64) == _keys_in(document)
+    depth = _depth_of(document)
+    assert _jsonshape.structure(value, depth) == _keys_in(document)
+    if depth:
+        assert _jsonshape.structure(value, depth - 1) == -1
+
+
+@_needs_native
+@pytest.mark.parametrize("depth", [MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, 200])
+def test_native_depth_limit_is_the_exact_paths(depth: int) -> None:
+    from consumer import _jsonshape
+
+    data = seed_data()
+    # The envelope, data, transaction and its details are four levels; an extra field there
+    # nests the rest.
+    data["transaction"]["details"]["extra"] = _nested(depth - 4)
+    value = orjson.dumps(envelope(data))
+    assert (_jsonshape.structure(value, MAX_DEPTH) >= 0) is (depth <= MAX_DEPTH)
+    verdict = classify(value)
+    if depth <= MAX_DEPTH:
+        assert isinstance(verdict, Apply)
+    else:
+        assert only_reason(verdict) == "value: objects and arrays nest deeper than 64 levels"
+    assert verdict == classify_exactly(value)
+
+
+@_needs_native
+@BOUNDED
+@given(document=_tricky_json, key=_tricky_text)
+def test_native_and_python_checks_agree_on_repeated_keys(document: Any, key: str) -> None:
+    encoded_key = json.dumps(key)
+    # The key twice in one object around the document (spaced), and once beside "doc"
+    # (compact), which repeats a key only when it is "doc".
+    for value, allowed in (
+        (f'{{{encoded_key}: 1, "doc": {json.dumps(document)}, {encoded_key}: 2}}', False),
+        ('{"doc":' + orjson.dumps(document).decode() + f",{encoded_key}:[]}}", key != "doc"),
+    ):
+        parsed = orjson.loads(value)
+        assert events._native_shape_allowed(value.encode(), parsed) is allowed
+        assert events._python_shape_allowed(value.encode(), parsed) is allowed
+
+
+@_needs_native
+def test_native_and_python_checks_agree_on_every_workload_value() -> None:
+    values = [r.value for r in Workload(seed=12, events=2_000, malformed_share=0.2).records()]
+    judged = 0
+    for value in values:
+        try:
+            parsed = orjson.loads(value or b"")
+        except orjson.JSONDecodeError:
+            continue
+        judged += 1
+        native = events._native_shape_allowed(value, parsed)  # type: ignore[arg-type]
+        assert native == events._python_shape_allowed(value, parsed), value  # type: ignore[arg-type]
+    assert judged > 1_500
 
 
 # ------------------------------------------------------------------ models and their dicts

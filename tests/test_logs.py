@@ -15,6 +15,7 @@ import pytest
 
 from consumer.config import load_settings
 from consumer.errors import ConfigurationError
+from consumer.events import NATIVE_SHAPE_CHECKS
 from tests import workload
 from tests.kafkautil import produce
 from tests.workers import Topics
@@ -115,6 +116,8 @@ async def test_the_worker_logs_json_events_without_personal_data_or_secrets(
     events = _events(result.stderr)
     names = [event["event"] for event in events]
     assert "worker.started" in names and "worker.stopped" in names
+    started = next(event for event in events if event["event"] == "worker.started")
+    assert started["native_shape_checks"] is NATIVE_SHAPE_CHECKS
     dead = [event for event in events if event["event"] == "record.dead_lettered"]
     assert sorted(event["offset"] for event in dead) == list(range(4, 4 + len(invalid)))
     assert {(event["topic"], event["partition"]) for event in dead} == {(topics.input, 0)}
