@@ -30,12 +30,14 @@ from aiokafka import AIOKafkaProducer
 __all__ = [
     "EXAMPLES",
     "MALFORMATIONS",
+    "REFUSED_PREFIX",
     "SEED_FILE",
     "Expectation",
     "GeneratedRecord",
     "Kind",
     "Workload",
     "activation_payload",
+    "install_refusal",
     "publish",
     "sibling_event_type",
     "sibling_files",
@@ -48,7 +50,11 @@ EXAMPLES: Final = (
 SEED_NAME: Final = "seed-voucher-loyalty-card-pending-points-activated.json"
 SEED_FILE: Final = EXAMPLES / SEED_NAME
 
-Kind = Literal["new", "duplicate", "sibling", "malformed"]
+Kind = Literal["new", "duplicate", "sibling", "malformed", "refused"]
+
+# Valid activations whose ids start with this are refused by a store that `install_refusal`
+# prepared: records that pass validation and that the database still will not take.
+REFUSED_PREFIX: Final = "vtx_refused_"
 
 _ALNUM: Final = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _EPOCH: Final = datetime(2025, 1, 1, tzinfo=UTC)
@@ -63,7 +69,7 @@ class GeneratedRecord:
     value: bytes | None
     partition: int | None  # None: the producer picks by key
     kind: Kind
-    transaction_id: str | None  # set for "new" and "duplicate" only
+    transaction_id: str | None  # set for "new", "duplicate" and "refused" only
     voucher_id: str | None
     points: int  # 0 unless "new" or "duplicate"
     detail: str = ""  # the malformation or the sibling example it came from
@@ -372,6 +378,7 @@ class Workload:
     duplicate_share: float = 0.2
     sibling_share: float = 0.05
     malformed_share: float = 0.02
+    refused_share: float = 0.0
     cards: int | None = None  # default: one card per ~20 activations
     partitions: int | None = None
     bare_share: float = 0.1  # activations sent as bare `data` (as in the seed) not enveloped
@@ -379,7 +386,12 @@ class Workload:
     _plan: list[_Planned] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        shares = (self.duplicate_share, self.sibling_share, self.malformed_share)
+        shares = (
+            self.duplicate_share,
+            self.sibling_share,
+            self.malformed_share,
+            self.refused_share,
+        )
         if self.events < 0 or any(not 0 <= share <= 1 for share in shares) or sum(shares) > 1:
             raise ValueError("events must be ≥ 0 and the shares within [0, 1], together ≤ 1")
         if self.partitions is not None and self.partitions < 1:
@@ -397,7 +409,8 @@ class Workload:
         duplicates = round(self.events * self.duplicate_share)
         siblings = round(self.events * self.sibling_share)
         malformed = round(self.events * self.malformed_share)
-        new = self.events - duplicates - siblings - malformed
+        refused = round(self.events * self.refused_share)
+        new = self.events - duplicates - siblings - malformed - refused
         if duplicates and not new:
             raise ValueError("duplicates need at least one new activation to repeat")
         activations = self._activations(rng, new)
@@ -427,6 +440,13 @@ class Workload:
             )
             for i, activation in enumerate(damaged)
         ]
+        if refused:
+            base += [
+                _Planned("refused", activation, self._partition_of(activation.voucher_id))
+                for activation in self._activations(
+                    rng, refused, prefix=REFUSED_PREFIX, like=activations
+                )
+            ]
         rng.shuffle(base)
         # New activations keep their relative order (their times increase per card).
         order = iter(p for p in base if p.kind == "new")
@@ -561,7 +581,7 @@ class Workload:
                 detail=planned.detail,
             )
         key = a.customer_id if planned.key_by_customer else a.voucher_id
-        return GeneratedRecord(
+        return GeneratedRecord(  # new, duplicate and refused: a valid activation
             key=key.encode(),
             value=_dumped(self._document(a)),
             partition=planned.partition,
@@ -680,3 +700,44 @@ async def publish(
         if own:
             await producer.stop()
     return sent
+
+
+# --------------------------------------------------------------------------- refusals
+
+_REFUSAL_NAME: Final = "workload_refuses_marked_ids"
+
+
+async def install_refusal(database_url: str) -> None:
+    """Make the migrated store at `database_url` refuse ledger rows of `REFUSED_PREFIX` ids.
+
+    For tests, the chaos run and the benchmarks only: a real refusal by the real database (a
+    CHECK constraint on PostgreSQL, a trigger on SQLite, which cannot add constraints), so
+    that the worker's isolation and dead-letter paths meet what production would send them.
+    Idempotent.
+    """
+    pattern = REFUSED_PREFIX.replace("_", "\\_") + "%"
+    scheme, _, rest = database_url.partition("://")
+    if scheme in {"postgresql", "postgres"}:
+        import asyncpg  # type: ignore[import-untyped, unused-ignore]
+
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                f"ALTER TABLE ledger DROP CONSTRAINT IF EXISTS {_REFUSAL_NAME};"
+                f"ALTER TABLE ledger ADD CONSTRAINT {_REFUSAL_NAME} "
+                f"CHECK (transaction_id NOT LIKE '{pattern}')"
+            )
+        finally:
+            await conn.close()
+        return
+    if scheme != "sqlite":
+        raise ValueError(f"install_refusal: unsupported store URL scheme {scheme!r}")
+    import aiosqlite
+
+    async with aiosqlite.connect(rest[1:]) as db:
+        await db.executescript(
+            f"DROP TRIGGER IF EXISTS {_REFUSAL_NAME};"
+            f"CREATE TRIGGER {_REFUSAL_NAME} BEFORE INSERT ON ledger "
+            f"WHEN NEW.transaction_id LIKE '{pattern}' ESCAPE '\\' "
+            "BEGIN SELECT RAISE(ABORT, 'refused: a workload-marked id'); END;"
+        )

@@ -34,6 +34,7 @@ from consumer.store import (
 )
 from consumer.store.postgres import PostgresStore
 from consumer.store.schema import expected_version, migrations
+from consumer.workload import REFUSED_PREFIX, install_refusal
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -260,6 +261,24 @@ async def test_text_no_database_can_hold_is_refused_for_good(store: Store) -> No
 
     assert not caught.value.retriable
     assert await store.counts() == StoreCounts(0, 0, 0, 0)
+
+
+async def test_a_store_prepared_by_install_refusal_refuses_only_marked_ids(
+    store_url: str,
+) -> None:
+    store = await open_store(store_url, migrate=True)
+    try:
+        await install_refusal(store_url)
+        await install_refusal(store_url)  # idempotent
+
+        with pytest.raises(StoreError) as caught:
+            await store.apply_batch([entry("vtx_good"), entry(REFUSED_PREFIX + "1", offset=2)])
+        assert not caught.value.retriable
+        assert await store.counts() == StoreCounts(0, 0, 0, 0)
+        # An underscore in the prefix is a literal, not LIKE's "any character".
+        assert kinds(await store.apply_batch([entry("vtx_refusedX1", offset=3)])) == ["applied"]
+    finally:
+        await store.close()
 
 
 # -- balances --------------------------------------------------------------------------------

@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 
 from consumer.events import Apply, Invalid, Skip, classify
-from consumer.workload import MALFORMATIONS, Workload, sibling_event_type
+from consumer.workload import MALFORMATIONS, REFUSED_PREFIX, Workload, sibling_event_type
 
-EXPECTED_VERDICT = {"new": Apply, "duplicate": Apply, "sibling": Skip, "malformed": Invalid}
+EXPECTED_VERDICT = {
+    "new": Apply,
+    "duplicate": Apply,
+    "sibling": Skip,
+    "malformed": Invalid,
+    "refused": Apply,  # valid: only a store prepared by install_refusal refuses them
+}
 
 
 def test_the_same_seed_gives_the_same_bytes_and_another_seed_other_bytes() -> None:
@@ -23,7 +29,9 @@ def test_the_same_seed_gives_the_same_bytes_and_another_seed_other_bytes() -> No
 
 
 def test_every_record_gets_the_verdict_its_kind_promises() -> None:
-    workload = Workload(seed=3, events=2_000, partitions=6, malformed_share=0.05)
+    workload = Workload(
+        seed=3, events=2_000, partitions=6, malformed_share=0.05, refused_share=0.01
+    )
 
     wrong = []
     for record in workload.records():
@@ -120,3 +128,23 @@ def test_sibling_files_map_to_webhook_event_types() -> None:
     assert sibling_event_type(
         Path("customer-voucher-loyalty-card-pending-points-activated.json")
     ) == ("customer.voucher.loyalty_card.pending_points.activated")
+
+
+def test_refused_records_are_valid_marked_activations_outside_the_expectation() -> None:
+    workload = Workload(seed=21, events=2_000, partitions=6, refused_share=0.005)
+
+    records = list(workload.records())
+    refused = [r for r in records if r.kind == "refused"]
+    expected = workload.expectation()
+
+    assert len(refused) == expected.kinds["refused"] == 10
+    assert all(r.transaction_id and r.transaction_id.startswith(REFUSED_PREFIX) for r in refused)
+    assert all(r.partition is not None for r in refused)
+    assert not expected.transaction_ids & {r.transaction_id for r in refused}
+
+
+def test_a_zero_refused_share_leaves_existing_streams_byte_for_byte() -> None:
+    plain = list(Workload(seed=13, events=500, partitions=3).records())
+    explicit = list(Workload(seed=13, events=500, partitions=3, refused_share=0).records())
+
+    assert plain == explicit
