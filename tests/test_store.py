@@ -281,6 +281,74 @@ async def test_a_store_prepared_by_install_refusal_refuses_only_marked_ids(
         await store.close()
 
 
+# -- owed notifications ----------------------------------------------------------------------
+
+
+async def test_an_owed_mark_is_set_only_for_the_record_the_entry_came_from(store: Store) -> None:
+    await store.apply_batch([entry("vtx_1", offset=7), entry("vtx_2", offset=8)])
+
+    marked = await store.mark_owed(
+        [("vtx_1", SourceOffset(TOPIC, 0, 7)), ("vtx_2", SourceOffset(TOPIC, 1, 8))]
+    )
+
+    assert marked == 1  # vtx_2 came from partition 0: that record, not this one, holds it
+    assert await store.owed() == ["vtx_1"]
+    stored = await store.ledger_entry("vtx_1")
+    assert stored is not None and stored.notification_owed
+    other = await store.ledger_entry("vtx_2")
+    assert other is not None and not other.notification_owed
+
+
+async def test_the_first_record_from_elsewhere_pays_an_owed_notification_once(
+    store: Store,
+) -> None:
+    await store.apply_batch([entry("vtx_1", points=10, offset=7)])
+    await store.mark_owed([("vtx_1", SourceOffset(TOPIC, 0, 7))])
+    card_before = await store.card("v_card1")
+    replayed = entry("vtx_1", points=10, partition=2, offset=40)  # the replayed dead letter
+
+    first = await store.apply_batch([replayed, entry("vtx_1", partition=1, offset=3)])
+    again = await store.apply_batch([entry("vtx_1", partition=1, offset=9)])
+
+    assert kinds(first) == ["owed", "duplicate"]
+    assert first.outcomes[0].notifies
+    assert kinds(again) == ["duplicate"]
+    stored = await store.ledger_entry("vtx_1")
+    assert stored is not None
+    assert not stored.notification_owed
+    assert stored.source == SourceOffset(TOPIC, 2, 40)  # a redelivery of it is a replay
+    assert kinds(await store.apply_batch([replayed])) == ["replay"]
+    assert await store.card("v_card1") == card_before
+    assert await store.owed() == []
+
+
+async def test_an_owed_entry_redelivered_from_its_own_record_is_a_replay_that_pays_it(
+    store: Store,
+) -> None:
+    original = entry("vtx_1", offset=7)
+    await store.apply_batch([original])
+    await store.mark_owed([("vtx_1", original.source)])
+
+    result = await store.apply_batch([entry("vtx_1", partition=3, offset=1), original])
+
+    assert kinds(result) == ["duplicate", "replay"]
+    assert await store.owed() == []
+    stored = await store.ledger_entry("vtx_1")
+    assert stored is not None and stored.source == original.source
+
+
+async def test_a_rolled_back_batch_keeps_the_owed_mark(store: Store) -> None:
+    await store.apply_batch([entry("vtx_1", offset=7)])
+    await store.mark_owed([("vtx_1", SourceOffset(TOPIC, 0, 7))])
+
+    with pytest.raises(StoreError):
+        await store.apply_batch(
+            [entry("vtx_1", partition=2, offset=1), entry("vtx_bad", points=-1)]
+        )
+
+    assert await store.owed() == ["vtx_1"]
+
+
 # -- balances --------------------------------------------------------------------------------
 
 
@@ -504,7 +572,10 @@ async def test_migrate_command_applies_then_reports_up_to_date(store_url: str) -
     second = await migrate_command(store_url)
 
     version = expected_version("sqlite")
-    assert first == (0, f"applied migration 0001_initial\nschema version {version}\n", "")
+    applied = "".join(
+        f"applied migration {m.version:04d}_{m.name}\n" for m in migrations("sqlite")
+    )
+    assert first == (0, f"{applied}schema version {version}\n", "")
     assert second == (0, f"schema version {version}\n", "")
 
 
@@ -598,9 +669,11 @@ async def test_replicas_writing_overlapping_batches_apply_each_transaction_once(
 async def test_replicas_migrating_at_once_apply_each_version_once(postgres_url: str) -> None:
     reports = await asyncio.gather(*(run_migrations(postgres_url) for _ in range(3)))
 
-    assert sorted(len(report.applied) for report in reports) == [0, 0, 1]
-    assert {report.version for report in reports} == {1}
-    assert await schema_rows(postgres_url) == [(1, "initial")]
+    every = migrations("postgresql")
+    applied = sorted(m.version for report in reports for m in report.applied)
+    assert applied == [m.version for m in every]  # each version by exactly one replica
+    assert {report.version for report in reports} == {len(every)}
+    assert await schema_rows(postgres_url) == [(m.version, m.name) for m in every]
 
 
 async def pg_script(*args: str) -> str:

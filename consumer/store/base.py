@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -10,7 +10,9 @@ from typing import Any, Literal, Protocol
 from consumer.errors import StoreError
 from consumer.store.schema import MigrationReport
 
-OutcomeKind = Literal["applied", "replay", "duplicate"]
+# "owed": the entry was applied earlier and its notification dead-lettered; this record (a
+# replayed dead letter, or a re-delivery from elsewhere) emits it and becomes its source.
+OutcomeKind = Literal["applied", "replay", "duplicate", "owed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +49,16 @@ class LedgerEntry:
 
 @dataclass(slots=True)
 class StoredEntry(LedgerEntry):
-    """A ledger row as stored: the entry that first applied it, and when."""
+    """A ledger row as stored: the entry that first applied it, when, and whether its
+    notification is owed (dead-lettered after the entry was applied)."""
 
     applied_at: datetime
+    notification_owed: bool = False
 
     @classmethod
     def from_row(cls, row: Sequence[Any], to_time: Callable[[Any], datetime]) -> StoredEntry:
-        """A row in ledger column order (see the migrations), with applied_at last."""
+        """A row in ledger column order (see the migrations), then applied_at and
+        notification_owed."""
         return cls(
             transaction_id=row[0],
             voucher_id=row[1],
@@ -65,6 +70,7 @@ class StoredEntry(LedgerEntry):
             occurred_at=to_time(row[7]),
             source=SourceOffset(row[8], row[9], row[10]),
             applied_at=to_time(row[11]),
+            notification_owed=bool(row[12]),
         )
 
 
@@ -73,11 +79,14 @@ class Outcome:
     """What the store decided for one entry of a batch."""
 
     entry: LedgerEntry
-    kind: OutcomeKind  # "applied" (new), "replay" (same source as stored), "duplicate" (other)
+    # "applied" (new), "replay" (same source as stored), "owed" (its notification was
+    # dead-lettered), "duplicate" (any other)
+    kind: OutcomeKind
 
     @property
     def notifies(self) -> bool:
-        """A replay re-emits: the Kafka transaction of the first attempt was never committed."""
+        """A replay re-emits: the Kafka transaction of the first attempt was never committed.
+        An owed one emits what a dead letter held back."""
         return self.kind != "duplicate"
 
 
@@ -129,7 +138,20 @@ class Store(Protocol):
     async def schema_version(self) -> int: ...
 
     async def apply_batch(self, entries: Sequence[LedgerEntry]) -> BatchResult:
-        """Record the new entries and update their cards, all or nothing."""
+        """Record the new entries and update their cards, all or nothing. An entry whose
+        notification was owed is emitted from the first record that comes for it: the owed
+        mark is cleared, and that record becomes the entry's source, in the same
+        transaction."""
+        ...
+
+    async def mark_owed(self, sources: Sequence[tuple[str, SourceOffset]]) -> int:
+        """Record that the notifications of these ledger entries are owed: each was applied
+        from that source, and its record is being dead-lettered. Entries whose source is
+        another record (which then notified) are left alone. Returns how many were marked."""
+        ...
+
+    async def owed(self) -> list[str]:
+        """The transaction ids whose notifications are owed, in id order."""
         ...
 
     async def card(self, voucher_id: str) -> CardState | None: ...
@@ -189,22 +211,29 @@ def decide(
     entries: Sequence[LedgerEntry],
     applied_ids: set[str],
     stored_sources: Mapping[str, SourceOffset],
+    owed: Set[str] = frozenset(),
 ) -> tuple[Outcome, ...]:
     """The outcome of each entry, in input order.
 
     `applied_ids`: transactions this batch inserted, from their first occurrence; any other
     occurrence in the batch is a duplicate. `stored_sources`: the stored source of the
     others; the one entry read from that source is a replay wherever it sits in the batch
-    (a re-delivery of the same id may come first, from another partition), every other
-    occurrence a duplicate.
+    (a re-delivery of the same id may come first, from another partition). `owed`: stored
+    entries whose notification is owed; unless the batch replays the stored source, the
+    first other occurrence pays it ("owed"). Every other occurrence is a duplicate.
     """
-    seen: set[str] = set()
+    replayed = {
+        entry.transaction_id
+        for entry in entries
+        if stored_sources.get(entry.transaction_id) == entry.source
+    }
+    notified: set[str] = set()
     outcomes: list[Outcome] = []
     for entry in entries:
         transaction_id = entry.transaction_id
         kind: OutcomeKind
         if transaction_id in applied_ids:
-            kind = "duplicate" if transaction_id in seen else "applied"
+            kind = "duplicate" if transaction_id in notified else "applied"
         elif transaction_id not in stored_sources:
             raise StoreError(
                 f"ledger entry {transaction_id} was neither inserted nor found; "
@@ -212,8 +241,20 @@ def decide(
             )
         elif stored_sources[transaction_id] == entry.source:
             kind = "replay"
+        elif transaction_id in owed and transaction_id not in replayed | notified:
+            kind = "owed"
         else:
             kind = "duplicate"
-        seen.add(transaction_id)
+        notified.add(transaction_id)
         outcomes.append(Outcome(entry, kind))
     return tuple(outcomes)
+
+
+def paid(outcomes: Iterable[Outcome], owed: Set[str]) -> list[LedgerEntry]:
+    """The entries whose owed notification this batch emits: their mark is cleared and,
+    for an "owed" outcome, the emitting record becomes the source."""
+    return [
+        outcome.entry
+        for outcome in outcomes
+        if outcome.kind in ("replay", "owed") and outcome.entry.transaction_id in owed
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
@@ -23,6 +23,7 @@ from consumer.store.base import (
     card_changes,
     decide,
     first_occurrences,
+    paid,
 )
 from consumer.store.schema import Dialect, Migration, MigrationReport, migrations
 
@@ -90,8 +91,28 @@ RETURNING transaction_id
 """
 
 _STORED_SOURCES = """
-SELECT transaction_id, source_topic, source_partition, source_offset FROM ledger
-WHERE transaction_id = ANY($1::text[])
+SELECT transaction_id, source_topic, source_partition, source_offset, notification_owed
+FROM ledger WHERE transaction_id = ANY($1::text[])
+"""
+
+# An owed notification is emitted: clear the mark; the emitting record becomes the source.
+_PAY_OWED = """
+UPDATE ledger SET notification_owed = false, source_topic = row.source_topic,
+    source_partition = row.source_partition, source_offset = row.source_offset
+FROM json_to_recordset($1::json) AS row (
+    transaction_id text, source_topic text, source_partition integer, source_offset bigint
+)
+WHERE ledger.transaction_id = row.transaction_id
+"""
+
+_MARK_OWED = """
+UPDATE ledger SET notification_owed = true
+FROM json_to_recordset($1::json) AS row (
+    transaction_id text, source_topic text, source_partition integer, source_offset bigint
+)
+WHERE ledger.transaction_id = row.transaction_id AND ledger.source_topic = row.source_topic
+    AND ledger.source_partition = row.source_partition
+    AND ledger.source_offset = row.source_offset
 """
 
 _CARD_COLUMNS = """
@@ -238,17 +259,37 @@ class PostgresStore:
                 applied_ids = {row[0] for row in inserted}
                 present = [e.transaction_id for e in unique if e.transaction_id not in applied_ids]
                 stored: dict[str, SourceOffset] = {}
+                owed: set[str] = set()
                 if present:
                     rows = await conn.fetch(_STORED_SOURCES, present)
                     stored = {row[0]: SourceOffset(row[1], row[2], row[3]) for row in rows}
+                    owed = {row[0] for row in rows if row[4]}
                 new = [entry for entry in unique if entry.transaction_id in applied_ids]
                 changes = card_changes(new)
                 changed = {change.voucher_id for change in changes}
                 untouched = sorted({entry.voucher_id for entry in entries} - changed)
                 card_rows = await conn.fetch(_UPSERT_CARDS, _card_rows(changes), untouched)
-                outcomes = decide(entries, applied_ids, stored)
+                outcomes = decide(entries, applied_ids, stored, owed)
+                if owed and (to_pay := paid(outcomes, owed)):
+                    await conn.execute(
+                        _PAY_OWED, _source_rows((e.transaction_id, e.source) for e in to_pay)
+                    )
         cards = tuple(sorted((_card(row) for row in card_rows), key=lambda c: c.voucher_id))
         return BatchResult(outcomes, cards)
+
+    async def mark_owed(self, sources: Sequence[tuple[str, SourceOffset]]) -> int:
+        if not sources:
+            return 0
+        with self._translated():
+            status = await self._pool.execute(_MARK_OWED, _source_rows(sources))
+        return int(status.rpartition(" ")[2])
+
+    async def owed(self) -> list[str]:
+        with self._translated():
+            rows = await self._pool.fetch(
+                "SELECT transaction_id FROM ledger WHERE notification_owed ORDER BY 1"
+            )
+        return [row[0] for row in rows]
 
     async def card(self, voucher_id: str) -> CardState | None:
         with self._translated():
@@ -260,7 +301,8 @@ class PostgresStore:
     async def ledger_entry(self, transaction_id: str) -> StoredEntry | None:
         with self._translated():
             row = await self._pool.fetchrow(
-                f"SELECT {_LEDGER_COLUMNS}, applied_at FROM ledger WHERE transaction_id = $1",
+                f"SELECT {_LEDGER_COLUMNS}, applied_at, notification_owed FROM ledger "
+                "WHERE transaction_id = $1",
                 transaction_id,
             )
         if row is None:
@@ -315,6 +357,21 @@ def _ledger_rows(entries: Sequence[LedgerEntry]) -> str:
                 "source_offset": e.source.offset,
             }
             for e in entries
+        ]
+    ).decode()
+
+
+def _source_rows(sources: Iterable[tuple[str, SourceOffset]]) -> str:
+    """Transaction ids with the coordinates of the records that carry them, as JSON."""
+    return orjson.dumps(
+        [
+            {
+                "transaction_id": transaction_id,
+                "source_topic": source.topic,
+                "source_partition": source.partition,
+                "source_offset": source.offset,
+            }
+            for transaction_id, source in sources
         ]
     ).decode()
 

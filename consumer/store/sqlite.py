@@ -24,6 +24,7 @@ from consumer.store.base import (
     card_changes,
     decide,
     first_occurrences,
+    paid,
 )
 from consumer.store.schema import Dialect, Migration, MigrationReport, migrations
 
@@ -58,8 +59,20 @@ reported_pending, occurred_at, source_topic, source_partition, source_offset, ap
 _INSERT_LEDGER = f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 
 _STORED_SOURCES = """
-SELECT transaction_id, source_topic, source_partition, source_offset FROM ledger
-WHERE transaction_id IN (SELECT value FROM json_each(?))
+SELECT transaction_id, source_topic, source_partition, source_offset, notification_owed
+FROM ledger WHERE transaction_id IN (SELECT value FROM json_each(?))
+"""
+
+# An owed notification is emitted: clear the mark; the emitting record becomes the source.
+_PAY_OWED = """
+UPDATE ledger SET notification_owed = 0, source_topic = ?, source_partition = ?,
+    source_offset = ?
+WHERE transaction_id = ?
+"""
+
+_MARK_OWED = """
+UPDATE ledger SET notification_owed = 1
+WHERE transaction_id = ? AND source_topic = ? AND source_partition = ? AND source_offset = ?
 """
 
 _NEWER = """(excluded.last_transaction_at, excluded.last_transaction_id)
@@ -226,17 +239,46 @@ class SQLiteStore:
         unique = first_occurrences(entries)
         now = _utc_text(datetime.now(UTC))
         async with self._operation(), self._transaction():
-            stored = await self._stored_sources([entry.transaction_id for entry in unique])
+            stored, owed = await self._stored_sources([entry.transaction_id for entry in unique])
             new = [entry for entry in unique if entry.transaction_id not in stored]
             await self._db.executemany(_INSERT_LEDGER, [_ledger_row(e, now) for e in new])
             await self._db.executemany(_UPSERT_CARD, [_card_row(c, now) for c in card_changes(new)])
             cards = await self._cards({entry.voucher_id for entry in entries})
-            outcomes = decide(entries, {entry.transaction_id for entry in new}, stored)
+            outcomes = decide(entries, {entry.transaction_id for entry in new}, stored, owed)
+            if owed and (to_pay := paid(outcomes, owed)):
+                await self._db.executemany(
+                    _PAY_OWED,
+                    [
+                        (e.source.topic, e.source.partition, e.source.offset, e.transaction_id)
+                        for e in to_pay
+                    ],
+                )
         return BatchResult(outcomes, cards)
 
-    async def _stored_sources(self, transaction_ids: list[str]) -> dict[str, SourceOffset]:
+    async def _stored_sources(
+        self, transaction_ids: list[str]
+    ) -> tuple[dict[str, SourceOffset], set[str]]:
         rows = await self._db.execute_fetchall(_STORED_SOURCES, (json.dumps(transaction_ids),))
-        return {row[0]: SourceOffset(row[1], row[2], row[3]) for row in rows}
+        stored = {row[0]: SourceOffset(row[1], row[2], row[3]) for row in rows}
+        return stored, {row[0] for row in rows if row[4]}
+
+    async def mark_owed(self, sources: Sequence[tuple[str, SourceOffset]]) -> int:
+        if not sources:
+            return 0
+        async with self._operation(), self._transaction():
+            before = self._db.total_changes
+            await self._db.executemany(
+                _MARK_OWED,
+                [(tx, src.topic, src.partition, src.offset) for tx, src in sources],
+            )
+            return self._db.total_changes - before
+
+    async def owed(self) -> list[str]:
+        async with self._operation():
+            rows = await self._db.execute_fetchall(
+                "SELECT transaction_id FROM ledger WHERE notification_owed ORDER BY 1"
+            )
+        return [row[0] for row in rows]
 
     async def _cards(self, voucher_ids: set[str]) -> tuple[CardState, ...]:
         rows = await self._db.execute_fetchall(
@@ -259,7 +301,8 @@ class SQLiteStore:
         async with self._operation():
             rows = list(
                 await self._db.execute_fetchall(
-                    f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE transaction_id = ?",
+                    f"SELECT {_LEDGER_COLUMNS}, notification_owed FROM ledger "
+                    "WHERE transaction_id = ?",
                     (transaction_id,),
                 )
             )
