@@ -572,9 +572,7 @@ async def test_migrate_command_applies_then_reports_up_to_date(store_url: str) -
     second = await migrate_command(store_url)
 
     version = expected_version("sqlite")
-    applied = "".join(
-        f"applied migration {m.version:04d}_{m.name}\n" for m in migrations("sqlite")
-    )
+    applied = "".join(f"applied migration {m.version:04d}_{m.name}\n" for m in migrations("sqlite"))
     assert first == (0, f"{applied}schema version {version}\n", "")
     assert second == (0, f"schema version {version}\n", "")
 
