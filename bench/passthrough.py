@@ -19,8 +19,8 @@ from bench.contender import Progress, Spec, until_stopped
 from bench.ours import settings_for
 from consumer import kafka
 from consumer.config import Settings
+from consumer.planning import Output
 from consumer.runtime import tune_garbage_collector
-from consumer.worker import Output
 
 
 class Passthrough:

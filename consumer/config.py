@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +30,13 @@ class Settings(BaseSettings):
     dead_letter_topic: str = Field("voucherify.webhooks.dlq", min_length=1)
     consumer_group: str = Field("loyalty-consumer", min_length=1)
     transactional_id_prefix: str = Field("loyalty-consumer", min_length=1)
+    # Default: <prefix>.<hostname>.<pid>.<n>, unique among live replicas (n counts the
+    # workers of one process), and the same again when a container restarts in its pod: its
+    # new producer then aborts at once what the old one left open.
+    transactional_id: str | None = Field(None, min_length=1)
+    # How long an unfinished transaction of a replica that died holds back what it wrote
+    # (and, rarely, its partitions' next owner) before the broker aborts it.
+    kafka_transaction_timeout_ms: int = Field(30_000, ge=1_000, le=900_000)
     client_id: str = Field("loyalty-consumer", min_length=1)
 
     batch_max_records: int = Field(2000, ge=1, le=100_000)
@@ -99,6 +108,14 @@ class Settings(BaseSettings):
     @property
     def transactional(self) -> bool:
         return self.delivery_mode == "exactly-once"
+
+    def replica_transactional_id(self, instance: int = 0) -> str:
+        """The transactional id of this process's `instance`-th worker: one producer serves
+        all of a worker's partitions."""
+        if self.transactional_id:
+            return self.transactional_id
+        host = socket.gethostname()
+        return f"{self.transactional_id_prefix}.{host}.{os.getpid()}.{instance}"
 
     def sasl_password(self) -> str | None:
         """The SASL password, from the variable or the mounted file (never logged)."""

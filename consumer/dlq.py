@@ -66,7 +66,7 @@ from consumer.deadletter import (
     original_headers,
 )
 from consumer.errors import BrokerUnavailable, ConsumerError, Fenced
-from consumer.worker import Record
+from consumer.planning import Record
 
 __all__ = [
     "RECEIPT_FOR",

@@ -41,5 +41,14 @@ class Fenced(ConsumerError):
     """Another replica now owns the partition; this one must drop its batch, not retry it."""
 
 
+class EpochEnded(Fenced):
+    """The batch's ownership epoch ended (a rebalance) before it touched the store or Kafka."""
+
+
 class RecordError(ConsumerError):
     """Processing one record failed for a reason that is not infrastructure."""
+
+
+class BatchRefused(RecordError):
+    """Kafka refused a batch's outputs for good (too large, not allowed, malformed), or they
+    could not be built: some record of the batch is at fault. The batch is bisected."""

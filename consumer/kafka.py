@@ -11,8 +11,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
+    InvalidProducerEpoch,
     KafkaConnectionError,
     KafkaError,
+    ProducerFenced,
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
 )
@@ -21,7 +23,8 @@ from aiokafka.partitioner import DefaultPartitioner
 from murmurhash2 import murmurhash2 as _murmurhash2
 
 from consumer.config import Settings
-from consumer.errors import BrokerUnavailable, ConfigurationError, ConsumerError
+from consumer.errors import BrokerUnavailable, ConfigurationError, ConsumerError, Fenced
+from consumer.kip447 import GroupFencedProducer
 
 # How long the diagnosis of a failed start may wait for one broker: it runs only on failure.
 DIAGNOSIS_TIMEOUT_MS = 10_000
@@ -126,6 +129,18 @@ async def connection_problem(settings: Settings, error: BaseException) -> Consum
     )
 
 
+def as_consumer_error(exc: BaseException) -> BaseException:
+    """Kafka's own errors in the project's terms, so that callers branch on `retriable`
+    once; anything else unchanged."""
+    if isinstance(exc, ProducerFenced | InvalidProducerEpoch):
+        return Fenced(str(exc))
+    if isinstance(exc, KafkaError) and exc.retriable:
+        return BrokerUnavailable(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, TimeoutError | OSError):
+        return BrokerUnavailable(f"talking to Kafka failed: {type(exc).__name__}: {exc}")
+    return exc
+
+
 def _host_and_port(server: str) -> tuple[str, int]:
     host, colon, port = server.strip().rpartition(":")
     return (host.strip("[]"), int(port)) if colon else (port, 9092)  # Kafka's default port
@@ -159,6 +174,13 @@ def input_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
 
 def producer(settings: Settings, transactional_id: str | None = None) -> AIOKafkaProducer:
     """An idempotent producer, transactional when given a transactional id."""
+    options = _producer_options(settings)
+    if transactional_id is not None:
+        options["transactional_id"] = transactional_id
+    return AIOKafkaProducer(**options)
+
+
+def _producer_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         **connection_options(settings),
         "enable_idempotence": True,
@@ -172,9 +194,17 @@ def producer(settings: Settings, transactional_id: str | None = None) -> AIOKafk
         if settings.producer_compression == "none"
         else settings.producer_compression,
     }
-    if transactional_id is not None:
-        options["transactional_id"] = transactional_id
-    return AIOKafkaProducer(**options)
+    return options
+
+
+def transactional_producer(settings: Settings, transactional_id: str) -> GroupFencedProducer:
+    """The exactly-once producer: one per replica, its offsets fenced by group generation."""
+    producer = GroupFencedProducer(
+        **_producer_options(settings),
+        transactional_id=transactional_id,
+        transaction_timeout_ms=settings.kafka_transaction_timeout_ms,
+    )
+    return producer
 
 
 class Outgoing(Protocol):

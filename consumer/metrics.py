@@ -34,6 +34,12 @@ class Metrics:
             "Records re-processed after an uncommitted Kafka transaction; notification re-sent.",
             registry=r,
         )
+        self.owed_paid = Counter(
+            f"{PREFIX}_owed_notifications_sent",
+            "Notifications held back by a dead letter after their activation was applied, "
+            "sent when a record of the activation came back (its replayed dead letter).",
+            registry=r,
+        )
         self.skipped = Counter(
             f"{PREFIX}_skipped",
             "Voucherify events of other types, counted and skipped.",

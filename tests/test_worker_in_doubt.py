@@ -13,16 +13,16 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from consumer import kafka
 from consumer.audit import audit
+from consumer.kip447 import GroupFencedProducer
 from consumer.workload import Workload, publish
 from tests.kafkautil import read_committed
 from tests.workers import Topics, drain, settings_for
 
 
-class SlowCommit(AIOKafkaProducer):  # type: ignore[misc]
+class SlowCommit(GroupFencedProducer):
     """The first commit stalls past the attempt's deadline: after reaching the broker (its
     answer is late) or before (it never left)."""
 
@@ -42,17 +42,16 @@ class SlowCommit(AIOKafkaProducer):  # type: ignore[misc]
 
 @pytest.fixture(params=["answer late", "never sent"])
 def stalled_first_commit(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    made = kafka.producer
+    made = kafka.transactional_producer
 
-    def producer(*args: Any, **kwargs: Any) -> AIOKafkaProducer:
+    def producer(*args: Any, **kwargs: Any) -> GroupFencedProducer:
         real = made(*args, **kwargs)
-        if real._txn_manager is not None:
-            real.__class__ = SlowCommit
+        real.__class__ = SlowCommit
         return real
 
     SlowCommit.stalled = []
     SlowCommit.after_broker = request.param == "answer late"
-    monkeypatch.setattr(kafka, "producer", producer)
+    monkeypatch.setattr(kafka, "transactional_producer", producer)
     return str(request.param)
 
 

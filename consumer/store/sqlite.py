@@ -362,6 +362,8 @@ class SQLiteStore:
 def _translated(path: str) -> Iterator[None]:
     try:
         yield
+    except OverflowError as exc:  # a value beyond SQLite's 64-bit integers, refused for good
+        raise StoreError(f"SQLite refused a value on {path}: {exc}") from exc
     except sqlite3.Error as exc:
         code = getattr(exc, "sqlite_errorcode", None)
         if code is not None and code & 0xFF in _UNAVAILABLE_CODES:

@@ -1,0 +1,149 @@
+"""The fetching side of the pipeline: poll and top up, admit only records of the current
+epoch from where its work starts, pause and resume, and tell when the input is drained."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Sequence
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError
+
+from consumer.config import Settings
+from consumer.ownership import Epoch, Ownership
+from consumer.planning import Record
+
+__all__ = ["Intake", "Polled"]
+
+log = structlog.get_logger("consumer.intake")
+
+# How long a batch waits for records that reached the broker while the last one committed.
+TOP_UP_WAIT_MS = 20
+
+Polled = tuple[Epoch, list[tuple[TopicPartition, list[Record]]]]
+
+
+class Intake:
+    """Wraps the group consumer for the loop. Owns where each partition's next fetch must
+    start (`_next`): records before it (fetched from a stale position) are never admitted."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, settings: Settings, ownership: Ownership):
+        self._consumer = consumer
+        self._settings = settings
+        self._ownership = ownership
+        self._next: dict[TopicPartition, int] = {}
+        self._held = False  # paused while the infrastructure is retried
+
+    async def poll(self) -> Polled | None:
+        """The next records, per partition in offset order, and the epoch they belong to."""
+        settings = self._settings
+        polled = await self._consumer.getmany(
+            timeout_ms=settings.batch_max_wait_ms, max_records=settings.batch_max_records
+        )
+        polled = await self._top_up(polled)
+        epoch = self._ownership.epoch
+        if epoch is None or not polled:
+            return None
+        admitted = []
+        for tp, records in polled.items():
+            kept = self._admit(tp, records)
+            if kept:
+                admitted.append((tp, kept))
+        return (epoch, admitted) if admitted else None
+
+    def _admit(self, tp: TopicPartition, records: Sequence[Record]) -> list[Record]:
+        start = self._next.get(tp)
+        if start is None or tp not in self._ownership.assigned:
+            log.debug("intake.dropped", partition=tp.partition, records=len(records))
+            return []
+        kept = (
+            list(records)
+            if records[0].offset >= start
+            else [r for r in records if r.offset >= start]
+        )
+        if len(kept) != len(records):
+            log.info(
+                "intake.stale_records_dropped",
+                partition=tp.partition,
+                records=len(records) - len(kept),
+                expected=start,
+            )
+        if kept:
+            self._next[tp] = int(kept[-1].offset) + 1
+        return kept
+
+    async def _top_up(
+        self, polled: dict[TopicPartition, list[Record]]
+    ) -> dict[TopicPartition, list[Record]]:
+        """Add what reached the broker while the previous batch was committing.
+
+        getmany hands out only what the fetcher had buffered, and the fetcher asks the broker
+        for more only once that is taken; without a second look, records that arrived during
+        a commit wait a whole extra batch (at 1,000 events/s: p90 a fifth lower, make bench).
+        """
+        size = sum(len(records) for records in polled.values())
+        room = self._settings.batch_max_records - size
+        wait_ms = min(TOP_UP_WAIT_MS, self._settings.batch_max_wait_ms)
+        if not size or room <= 0 or not wait_ms:
+            return polled
+        more = await self._consumer.getmany(timeout_ms=wait_ms, max_records=room)
+        merged = {tp: list(records) for tp, records in polled.items()}
+        for tp, records in more.items():
+            merged.setdefault(tp, []).extend(records)
+        return merged
+
+    # -- positions --------------------------------------------------------------------------
+
+    def start_at(self, positions: dict[TopicPartition, int]) -> None:
+        """Fetch these partitions from these offsets on, and resume them."""
+        for tp, offset in positions.items():
+            with contextlib.suppress(IllegalStateError):  # taken by a rebalance meanwhile
+                self._consumer.seek(tp, offset)
+                self._next[tp] = offset
+        self._resume(positions)
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        for tp in partitions:
+            self._next.pop(tp, None)
+
+    # -- pausing ----------------------------------------------------------------------------
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """No records of these until `start_at` (their positions are not known yet)."""
+        with contextlib.suppress(IllegalStateError):
+            self._consumer.pause(*partitions)
+
+    def hold(self) -> None:
+        """Fetch nothing while the infrastructure is retried."""
+        self._held = True
+        self.pause(self._consumer.assignment())
+
+    def release(self) -> None:
+        self._held = False
+        self._resume(self._consumer.assignment())
+
+    def _resume(self, partitions: Iterable[TopicPartition]) -> None:
+        if self._held:
+            return
+        ready = [tp for tp in partitions if tp in self._next]
+        with contextlib.suppress(IllegalStateError):
+            self._consumer.resume(*ready)
+
+    # -- burst mode -------------------------------------------------------------------------
+
+    async def drained(self, unassigned_for_s: float) -> bool:
+        """Every owned partition read to its end (or no partitions came for a session)."""
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return unassigned_for_s > self._settings.session_timeout_ms / 1000
+        if self._ownership.pending:
+            return False
+        try:
+            ends = await self._consumer.end_offsets(list(assignment))
+            for tp in assignment:
+                if await self._consumer.position(tp) < ends[tp]:
+                    return False
+        except IllegalStateError:
+            return False  # a rebalance took a partition meanwhile; look again next turn
+        return True
