@@ -122,6 +122,19 @@ def _non_empty_string(value: object) -> str:
     raise _reject("non_empty_string", "must be a non-empty string", value)
 
 
+def _storable_id(value: object) -> str:
+    text = _non_empty_string(value)
+    if "\x00" in text:
+        # Stored as text: PostgreSQL refuses NUL, SQLite would keep it. One verdict for both
+        # stores, and before anything is applied.
+        raise _reject(
+            "storable_text",
+            "must not contain a NUL character (U+0000), which the ledger cannot store",
+            value,
+        )
+    return text
+
+
 def _integer_within(low: int) -> PlainValidator:
     def check(value: object) -> int:
         # type() rather than isinstance(): a JSON true must not count as the integer 1.
@@ -186,6 +199,12 @@ Id = Annotated[
     PlainValidator(_non_empty_string),
     WithJsonSchema({"type": "string", "minLength": 1}),
 ]
+# An id the ledger stores as text (every supported store must be able to hold it).
+StoredId = Annotated[
+    str,
+    PlainValidator(_storable_id),
+    WithJsonSchema({"type": "string", "minLength": 1, "pattern": "^[^\\u0000]+$"}),
+]
 Points = Annotated[
     int,
     _integer_within(1),
@@ -229,7 +248,7 @@ class _Section(BaseModel):
 class Customer(_Section):
     """`data.customer`: the card holder."""
 
-    id: Id
+    id: StoredId
     name: Text = None
     email: Text = None
     source_id: Text = None
@@ -238,7 +257,7 @@ class Customer(_Section):
 class Campaign(_Section):
     """`data.campaign`: the loyalty programme."""
 
-    id: Id
+    id: StoredId
     name: Text = None
 
 
@@ -251,7 +270,7 @@ class LoyaltyCard(_Section):
 class Voucher(_Section):
     """`data.voucher`: the loyalty card."""
 
-    id: Id
+    id: StoredId
     code: Id
     loyalty_card: LoyaltyCard
 
@@ -308,13 +327,13 @@ class TransactionDetails(_Section):
 class Transaction(_Section):
     """`data.transaction`: the activation itself; its id is the ledger key."""
 
-    id: Id
+    id: StoredId
     type: Annotated[
         str,
         _exactly(ACTIVATION_TRANSACTION_TYPE),
         WithJsonSchema({"const": ACTIVATION_TRANSACTION_TYPE}),
     ]
-    voucher_id: Id
+    voucher_id: StoredId
     created_at: Timestamp = Field(description="When the points were activated.")
     details: TransactionDetails | None = None
 
@@ -752,18 +771,26 @@ def _classify_bare(data: dict[str, Any], may_hold_surrogates: bool) -> Verdict:
     if transaction_type == ACTIVATION_TRANSACTION_TYPE or (
         "transaction" in data and "pending_points" in data
     ):
-        valid = _validated(_DATA, PendingPointsActivatedData, data, prefix="data.")
-        if isinstance(valid, Invalid):
-            return valid
-        return _checked(valid, None, may_hold_surrogates)
+        return _target_data(data, may_hold_surrogates)
     if isinstance(transaction_type, str) and transaction_type:
         return Skip(_inferred_from_transaction(data, transaction_type))
-    if any(isinstance(data.get(key), dict) for key in ("voucher", "customer", "campaign")):
-        if "pending_points" in data or "voucher_pending_points_balance" in data:
-            return Skip("voucher.loyalty_card.pending_points.*" + _INFERRED)
-        return Skip("voucher.loyalty_card.*" + _INFERRED)
+    if "transaction" not in data and "voucher_pending_points_balance" in data:
+        # The pending-points events (added, updated, canceled, and the customer's copy of
+        # the activation) carry this balance and no transaction.
+        return Skip("voucher.loyalty_card.pending_points.*" + _INFERRED)
+    if "pending_points" in data or "balance" in data:
+        # The target event's own parts with others missing: validation says which. Skipping
+        # it would drop an activation without a trace.
+        return _target_data(data, may_hold_surrogates)
     keys = ", ".join(_show(key) for key in sorted(data)[:10]) or "none"
     return Invalid([f"value: not a recognised shape (top-level keys: {keys}); {_ACCEPTED_SHAPES}"])
+
+
+def _target_data(data: dict[str, Any], may_hold_surrogates: bool) -> Verdict:
+    valid = _validated(_DATA, PendingPointsActivatedData, data, prefix="data.")
+    if isinstance(valid, Invalid):
+        return valid
+    return _checked(valid, None, may_hold_surrogates)
 
 
 def _inferred_from_transaction(data: dict[str, Any], transaction_type: str) -> str:

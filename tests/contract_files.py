@@ -72,6 +72,8 @@ def encode(document: Json) -> bytes:
 # and the fields the consumer relies on drawn from their valid ranges.
 
 _ids = st.text(min_size=1, max_size=24)
+# Ids the ledger stores as text: any character a store can hold (no NUL).
+_stored_ids = st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=24)
 _offsets = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
 _timestamps = st.builds(
     lambda moment, zulu: moment.isoformat().replace("+00:00", "Z" if zulu else "+00:00"),
@@ -84,15 +86,15 @@ _timestamps = st.builds(
 )
 
 RELIED_ON: dict[Path_, st.SearchStrategy[Json]] = {
-    ("customer", "id"): _ids,
-    ("campaign", "id"): _ids,
-    ("voucher", "id"): _ids,
+    ("customer", "id"): _stored_ids,
+    ("campaign", "id"): _stored_ids,
+    ("voucher", "id"): _stored_ids,
     ("voucher", "code"): _ids,
     ("voucher", "loyalty_card", "pending_points"): st.integers(0, INT64_MAX),
     ("balance", "balance"): st.integers(0, INT64_MAX),
-    ("transaction", "id"): _ids,
+    ("transaction", "id"): _stored_ids,
     ("transaction", "type"): st.just(ACTIVATION_TRANSACTION_TYPE),
-    ("transaction", "voucher_id"): _ids,  # made equal to voucher.id afterwards
+    ("transaction", "voucher_id"): _stored_ids,  # made equal to voucher.id afterwards
     ("transaction", "created_at"): _timestamps,
     ("pending_points", "points"): st.integers(1, INT64_MAX),
     ("order", "amount"): st.one_of(st.none(), st.integers(-INT64_MAX - 1, INT64_MAX)),

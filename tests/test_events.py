@@ -115,12 +115,43 @@ def test_bare_data_of_another_transaction_type_is_skipped_with_an_inferred_type(
     assert verdict.event_type.startswith(event_type)
 
 
-def test_bare_data_without_a_transaction_is_skipped() -> None:
+def test_a_bare_activation_without_its_transaction_is_invalid_not_skipped() -> None:
+    # Skipped, it would vanish without a trace; the customer's copy of the event (also
+    # without a transaction) has voucher_pending_points_balance and no balance.
     data = seed_data()
     del data["transaction"]
-    assert classify(encode(data)) == Skip(
-        "voucher.loyalty_card.pending_points.* (inferred from bare data)"
-    )
+    assert only_reason(classify(encode(data))) == "data.transaction: required field is missing"
+
+
+@pytest.mark.parametrize("missing", ["transaction", "balance", "pending_points"])
+def test_a_bare_activation_missing_a_part_is_invalid_naming_it(missing: str) -> None:
+    data = seed_data()
+    del data[missing]
+    verdict = classify(encode(data))
+    assert isinstance(verdict, Invalid)
+    assert f"data.{missing}: required field is missing" in verdict.reasons
+
+
+def test_bare_data_of_no_known_shape_is_invalid_not_skipped() -> None:
+    data = {"voucher": {"id": "v_1"}, "customer": {"id": "cust_1"}}
+    assert only_reason(classify(encode(data))).startswith("value: not a recognised shape")
+
+
+@pytest.mark.parametrize("field", ["transaction.id", "voucher.id", "customer.id", "campaign.id"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_an_id_with_a_nul_character_is_invalid_on_every_store(field: str, shape: str) -> None:
+    data = seed_data()
+    section, name = field.split(".")
+    data[section][name] = data[section][name] + "\x00"
+    if field == "voucher.id":
+        data["transaction"]["voucher_id"] = data["voucher"]["id"]
+        data["pending_points"]["voucher_id"] = data["voucher"]["id"]
+    verdict = classify(shaped(data, shape))
+    assert isinstance(verdict, Invalid)
+    assert any(
+        reason.startswith(f"data.{field}: must not contain a NUL character")
+        for reason in verdict.reasons
+    ), verdict.reasons
 
 
 @pytest.mark.parametrize("event_type", ["voucher.loyalty_card.points_added", "customer.created"])
