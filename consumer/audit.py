@@ -5,7 +5,8 @@ Reads the input, notification and dead-letter topics as a downstream consumer wo
 
 - per distinct transaction id of the target type: one ledger entry, whose source is one of
   the id's input records, and exactly one committed notification (with the deterministic
-  `ce_id`), unless the record was dead-lettered;
+  `ce_id`); an id dead-lettered after its entry was applied must have its notification
+  recorded as owed (until its replay emits it), else it is a half-effect;
 - per input record: applied (the ledger's source), a duplicate (its id was applied from
   another record), skipped (another event type, never dead-lettered) or dead-lettered
   (`dlq.source.*` headers), once;
@@ -79,6 +80,8 @@ class AuditReport:
     skipped: int = 0
     dead_lettered: int = 0  # input records found in the dead-letter topic
     lost: int = 0  # consumed ids without a ledger entry or a notification, not dead-lettered
+    owed: int = 0  # dead-lettered after applying: notification owed until the replay
+    half_effects: int = 0  # applied and dead-lettered, never notified nor owed (or both)
     applied_twice: int = 0  # cards whose points exceed the sum of their applied entries
     notified_twice: int = 0
     unaccounted: int = 0  # consumed records neither applied, duplicate, skipped nor dead-lettered
@@ -97,6 +100,7 @@ class AuditReport:
 
     DISCREPANCIES: ClassVar[tuple[str, ...]] = (
         "lost",
+        "half_effects",
         "applied_twice",
         "notified_twice",
         "unaccounted",
@@ -391,11 +395,26 @@ def _check_ids(
             report.note(f"{transaction_id}: notified {times} times")
         if entry is not None:
             _check_entry(report, topic, transaction_id, entry, occurrences)
+        places = [(o.partition, o.offset) for o in occurrences]
+        dead_lettered = any(letters[where] for where in places)
+        if entry is not None and entry.notification_owed:
+            if times:
+                report.half_effects += 1  # a replay of its dead letter would notify again
+                report.note(f"{transaction_id}: notified, yet still marked as owed")
+            elif dead_lettered:
+                report.owed += 1  # accounted for until its dead letter is replayed
+            else:
+                report.half_effects += 1
+                report.note(f"{transaction_id}: marked as owed, but never dead-lettered")
+            continue
         if entry is not None and times:
             continue
-        places = [(o.partition, o.offset) for o in occurrences]
-        if any(letters[where] for where in places):
-            continue  # dead-lettered after repeated failures: accounted for, on purpose
+        if dead_lettered and entry is None:
+            continue  # dead-lettered with nothing applied: accounted for
+        if dead_lettered:
+            report.half_effects += 1
+            report.note(f"{transaction_id}: applied and dead-lettered, never notified nor owed")
+            continue
         if not any(_consumed(where, committed) for where in places):
             continue  # not read yet: counted as pending, not lost
         report.lost += 1

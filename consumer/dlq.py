@@ -61,6 +61,7 @@ from consumer.deadletter import (
     REASON_CLASS,
     SOURCE_PARTITION,
     TIME,
+    TRUNCATED,
     VALUE_WAS_NULL,
     header,
     original_headers,
@@ -134,6 +135,7 @@ class Letter:
     reason: str
     reason_class: str
     time: datetime | None  # dlq.time, else the record's timestamp
+    truncated: bool = False  # the bounded form: the original value is not kept
 
 
 @dataclass(slots=True)
@@ -170,7 +172,8 @@ class Inventory:
         if reason is not None:
             reason_class = header(headers, REASON_CLASS) or "unknown"
             when = _letter_time(header(headers, TIME), record.timestamp)
-            self.letters.append(Letter(where, reason, reason_class, when))
+            truncated = header(headers, TRUNCATED) == "true"
+            self.letters.append(Letter(where, reason, reason_class, when, truncated))
             return
         target = _receipt_target(headers, where)
         if target is not None:
@@ -267,6 +270,7 @@ class ReplayPlan:
     selected: list[Letter]
     already_replayed: int  # matched the filters, but a receipt says it was replayed before
     not_matching: int  # not replayed yet; left for a run with other filters
+    truncated: int = 0  # matched, but only the bounded form exists: cannot be replayed
 
     def groups(self) -> list[ReasonGroup]:
         return _group(self.selected, {})
@@ -274,15 +278,17 @@ class ReplayPlan:
 
 def plan_replay(inventory: Inventory, selection: Selection, target: str) -> ReplayPlan:
     selected: list[Letter] = []
-    already = not_matching = 0
+    already = not_matching = truncated = 0
     for letter in inventory.letters:
         if not selection.matches(letter):
             not_matching += letter.where not in inventory.receipts
         elif letter.where in inventory.receipts:
             already += 1
+        elif letter.truncated:
+            truncated += 1  # its prefix would go back into the input as a new invalid record
         else:
             selected.append(letter)
-    return ReplayPlan(inventory.topic, target, selected, already, not_matching)
+    return ReplayPlan(inventory.topic, target, selected, already, not_matching, truncated)
 
 
 # -- running a replay ------------------------------------------------------------------------
@@ -707,7 +713,13 @@ def report_lines(report: ReplayReport) -> list[str]:
 
 
 def _left_alone(plan: ReplayPlan) -> str:
-    return (
+    left = (
         f"skipped: {plan.already_replayed} already replayed, "
         f"{plan.not_matching} not matching the filters"
     )
+    if plan.truncated:
+        left += (
+            f", {plan.truncated} truncated (Kafka refused the full dead letter; only its "
+            "prefix, size and SHA-256 are kept: recover the original at its source)"
+        )
+    return left
