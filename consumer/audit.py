@@ -397,23 +397,9 @@ def _check_ids(
             _check_entry(report, topic, transaction_id, entry, occurrences)
         places = [(o.partition, o.offset) for o in occurrences]
         dead_lettered = any(letters[where] for where in places)
-        if entry is not None and entry.notification_owed:
-            if times:
-                report.half_effects += 1  # a replay of its dead letter would notify again
-                report.note(f"{transaction_id}: notified, yet still marked as owed")
-            elif dead_lettered:
-                report.owed += 1  # accounted for until its dead letter is replayed
-            else:
-                report.half_effects += 1
-                report.note(f"{transaction_id}: marked as owed, but never dead-lettered")
+        if _effects_disagree(report, transaction_id, entry, times, dead_lettered):
             continue
-        if entry is not None and times:
-            continue
-        if dead_lettered and entry is None:
-            continue  # dead-lettered with nothing applied: accounted for
-        if dead_lettered:
-            report.half_effects += 1
-            report.note(f"{transaction_id}: applied and dead-lettered, never notified nor owed")
+        if entry is not None and times or dead_lettered:
             continue
         if not any(_consumed(where, committed) for where in places):
             continue  # not read yet: counted as pending, not lost
@@ -425,6 +411,32 @@ def _check_ids(
     for transaction_id in notes.keys() - seen.by_id.keys():
         report.unexpected += 1
         report.note(f"{transaction_id}: notified, but no input record of the target type has it")
+
+
+def _effects_disagree(
+    report: AuditReport,
+    transaction_id: str,
+    entry: StoredEntry | None,
+    times: int,
+    dead_lettered: bool,
+) -> bool:
+    """Whether the ledger and the topics tell two stories about an id's notification
+    (counted here: owed while waiting for a replay, or a half-effect)."""
+    if entry is not None and entry.notification_owed:
+        if times:
+            report.half_effects += 1  # a replay of its dead letter would notify again
+            report.note(f"{transaction_id}: notified, yet still marked as owed")
+        elif dead_lettered:
+            report.owed += 1  # accounted for until its dead letter is replayed
+        else:
+            report.half_effects += 1
+            report.note(f"{transaction_id}: marked as owed, but never dead-lettered")
+        return True
+    if entry is not None and dead_lettered and not times:
+        report.half_effects += 1
+        report.note(f"{transaction_id}: applied and dead-lettered, never notified nor owed")
+        return True
+    return False
 
 
 def _check_entry(
