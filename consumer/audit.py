@@ -399,7 +399,7 @@ def _check_ids(
         dead_lettered = any(letters[where] for where in places)
         if _effects_disagree(report, transaction_id, entry, times, dead_lettered):
             continue
-        if entry is not None and times or dead_lettered:
+        if (entry is not None and times) or dead_lettered:
             continue
         if not any(_consumed(where, committed) for where in places):
             continue  # not read yet: counted as pending, not lost
