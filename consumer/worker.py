@@ -196,6 +196,7 @@ class Worker:
                     # and polling after the commit keeps latency at low rates as it was.
                     await self._settled()
                 self.health.alive_at = time.monotonic()
+                self._raise_if_establishing_failed()
                 plan = await self._next_plan()
                 if plan is not None and self.hooks.after_classify is not None:
                     await self.hooks.after_classify()
@@ -232,6 +233,14 @@ class Worker:
                 if len(steps) % DECIDE_SLICE == 0:
                     await asyncio.sleep(0)
         return Plan(epoch, steps)
+
+    def _raise_if_establishing_failed(self) -> None:
+        """Reading the positions failed for a reason retrying cannot fix (authorization, a
+        broker too old): without positions the partitions never resume, so stop and say so."""
+        task = self._establishing
+        if task is not None and task.done() and not task.cancelled():
+            self._establishing = None
+            task.result()
 
     def _startable(self, plan: Plan) -> bool:
         if self._stopping.is_set():
