@@ -36,7 +36,6 @@ __all__ = ["AtLeastOnceCommitter", "Committer", "TransactionalCommitter"]
 
 log = structlog.get_logger("consumer.committer")
 
-ABORT_TIMEOUT_S = 10.0
 _INSTANCES = itertools.count()  # workers in this process, for their transactional ids
 # Fenced by our own transactional id this many times in a row: another live process uses it.
 MAX_PRODUCER_FENCINGS = 3
@@ -151,8 +150,8 @@ class TransactionalCommitter:
                     "from TRANSACTIONAL_ID_PREFIX, the host name and the process id)"
                 ) from exc
             raise BrokerUnavailable(f"the transaction was aborted ({exc})") from exc
-        except (KafkaError, OSError, TimeoutError, ValueError) as exc:
-            if committing or not await self._aborted(producer):
+        except (KafkaError, OSError, TimeoutError, ValueError, AssertionError) as exc:
+            if committing or not await self._replaced():
                 self._in_doubt = offsets
                 log.warning("transaction.in_doubt", error=f"{type(exc).__name__}: {exc}")
                 raise BrokerUnavailable(f"the transaction ended without an answer ({exc})") from exc
@@ -175,20 +174,11 @@ class TransactionalCommitter:
             raise Fenced("another replica committed these partitions further meanwhile")
         return committed
 
-    async def _aborted(self, producer: GroupFencedProducer) -> bool:
-        """Abort the open transaction; False when that is not certain."""
-        if producer.must_be_replaced:
-            return await self._replaced()
-        try:
-            async with asyncio.timeout(ABORT_TIMEOUT_S):
-                await producer.abort_transaction()
-        # aiokafka asserts its state machine: once the commit was requested, an abort is
-        # refused that way, and the commit may still go through.
-        except (KafkaError, OSError, TimeoutError, AssertionError):
-            return False
-        return True
-
     async def _replaced(self) -> bool:
+        """End a failed transaction for certain: a new producer's init_transactions aborts
+        it. An abort would not do: after an abortable error aiokafka forgets what the
+        transaction holds (see GroupFencedProducer.must_be_replaced), and after a batch the
+        broker refused its sequence numbers are out of step (OutOfOrderSequenceNumber)."""
         try:
             await self._replace()
         except BrokerUnavailable:
