@@ -31,6 +31,7 @@ from aiokafka.errors import (
 from consumer.config import Settings
 from consumer.errors import BrokerUnavailable, Fenced
 from consumer.kafka import as_consumer_error, input_consumer, producer
+from consumer.kip447 import GroupFenced
 from tests.conditions import eventually
 from tests.netfaults import Network, ReplicaLinks
 from tests.toxiproxy import blackhole, reset_peer
@@ -254,7 +255,13 @@ async def test_a_newer_producer_of_the_same_transactional_id_fences_the_older(
 
 
 @pytest.mark.parametrize(
-    "exc", [IllegalGenerationError(), UnknownMemberIdError(), CommitFailedError()]
+    "exc",
+    [
+        GroupFenced("generation 3 is over"),
+        IllegalGenerationError(),
+        UnknownMemberIdError(),
+        CommitFailedError(),
+    ],
 )
 def test_a_group_that_moved_on_is_a_fence(exc: Exception) -> None:
     error = as_consumer_error(exc)
