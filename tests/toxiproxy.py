@@ -171,8 +171,7 @@ class Proxy:
     async def heal(self) -> None:
         """Back to a plain pipe: enabled, no toxics."""
         await self.clear()
-        if not self.enabled:
-            await self.enable()
+        await self.enable()  # whatever this object last saw: another may have disabled it
 
     async def delete(self) -> None:
         await self._client.request("DELETE", self._path)
