@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: all install lint typecheck test pytest kafka-up kafka-down pg-up pg-down demo bench bench-quick chaos schemas clean
+.PHONY: all install lint typecheck test pytest kafka-up kafka-down pg-up pg-down toxiproxy-up toxiproxy-down demo bench bench-quick chaos schemas clean
 
 all: test
 
@@ -24,7 +24,8 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-# Sets everything up, starts the services the tests need, runs lint, type check and
+# Sets everything up, starts the services the tests need (Kafka, PostgreSQL, and Toxiproxy,
+# which scripts/toxiproxy.sh builds once from its Go module), runs lint, type check and
 # every test, and stops what it started.
 test: install
 	bash scripts/test.sh
@@ -66,7 +67,15 @@ pg-up:
 pg-down:
 	bash scripts/pg.sh down
 
+# The TCP fault proxy of the network-fault tests (docs/proof.md); prints its API URL.
+toxiproxy-up:
+	@bash scripts/toxiproxy.sh up
+
+toxiproxy-down:
+	bash scripts/toxiproxy.sh down
+
 clean:
 	bash scripts/kafka.sh down
 	bash scripts/pg.sh down
+	bash scripts/toxiproxy.sh down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

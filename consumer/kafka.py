@@ -11,11 +11,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
+    CommitFailedError,
+    IllegalGenerationError,
     InvalidProducerEpoch,
     KafkaConnectionError,
     KafkaError,
+    KafkaTimeoutError,
     ProducerFenced,
     SaslAuthenticationFailed,
+    UnknownMemberIdError,
     UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
@@ -24,7 +28,7 @@ from murmurhash2 import murmurhash2 as _murmurhash2
 
 from consumer.config import Settings
 from consumer.errors import BrokerUnavailable, ConfigurationError, ConsumerError, Fenced
-from consumer.kip447 import GroupFencedProducer
+from consumer.kip447 import GroupFenced, GroupFencedProducer
 
 # How long the diagnosis of a failed start may wait for one broker: it runs only on failure.
 DIAGNOSIS_TIMEOUT_MS = 10_000
@@ -129,15 +133,40 @@ async def connection_problem(settings: Settings, error: BaseException) -> Consum
     )
 
 
+# Someone else owns the work now: a newer producer of the same transactional id (or the broker
+# expired our transaction), or a group generation that moved on without us (KIP-447: a
+# commit of an older generation is refused).
+_FENCED = (
+    GroupFenced,
+    ProducerFenced,
+    InvalidProducerEpoch,
+    IllegalGenerationError,
+    UnknownMemberIdError,
+    CommitFailedError,
+)
+
+
 def as_consumer_error(exc: BaseException) -> BaseException:
-    """Kafka's own errors in the project's terms, so that callers branch on `retriable`
-    once; anything else unchanged."""
-    if isinstance(exc, ProducerFenced | InvalidProducerEpoch):
-        return Fenced(str(exc))
+    """An aiokafka, asyncio or OS error in the project's terms, so callers branch once:
+    Fenced (drop the batch), BrokerUnavailable (retry: the link or the broker failed), or
+    the error itself (not retriable: a refusal or a bug).
+    """
+    if isinstance(exc, ConsumerError):
+        return exc
+    if isinstance(exc, _FENCED):
+        return Fenced(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, KafkaError) and exc.retriable:
         return BrokerUnavailable(f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, TimeoutError | OSError):
-        return BrokerUnavailable(f"talking to Kafka failed: {type(exc).__name__}: {exc}")
+    if isinstance(exc, KafkaTimeoutError):
+        # Not flagged retriable by aiokafka, yet it only says that no broker answered within
+        # request_timeout_ms (offset lookups, a full send buffer): a cut or crawling link.
+        return BrokerUnavailable(f"Kafka did not answer in time: {exc or type(exc).__name__}")
+    if isinstance(exc, TimeoutError):
+        return BrokerUnavailable("timed out talking to Kafka")
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
+        # aiokafka.conn.create_conn passes on refused, reset and unreachable connections raw.
+        # TLS errors are OSErrors too, but a certificate is not fixed by retrying.
+        return BrokerUnavailable(f"cannot reach Kafka: {type(exc).__name__}: {exc}")
     return exc
 
 

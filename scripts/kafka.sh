@@ -19,6 +19,11 @@ PIDFILE="$RUN/kafka.pid"
 LOG="$RUN/broker.log"
 # Extra broker settings (one key=value per line), e.g. the SASL/SSL test's listeners.
 KAFKA_EXTRA_CONFIG="${KAFKA_EXTRA_CONFIG:-}"
+# Listeners reached through a TCP proxy each (the network-fault tests, docs/proof.md):
+# comma-separated LISTEN_PORT:ADVERTISED_PORT pairs. Listener PROXIED<i> binds 127.0.0.1 on
+# the first port and tells its clients, in metadata, to come back through the second (the
+# proxy's), so every connection of a client bootstrapped through a proxy crosses that proxy.
+KAFKA_PROXIED_LISTENERS="${KAFKA_PROXIED_LISTENERS:-}"
 # Extra arguments for the storage format (split on whitespace, no globbing), e.g. the SCRAM
 # users of the SASL test: --add-scram SCRAM-SHA-512=[name=alice,password=...]
 read -r -a KAFKA_FORMAT_ARGS <<< "${KAFKA_FORMAT_ARGS:-}"
@@ -87,17 +92,39 @@ sys.exit(1)
 PY
 }
 
+# The proxied listeners as "name listen_port advertised_port" lines.
+proxied_listeners() {
+  [ -n "$KAFKA_PROXIED_LISTENERS" ] || return 0
+  local pair pairs i=0
+  IFS=',' read -r -a pairs <<< "$KAFKA_PROXIED_LISTENERS"
+  for pair in "${pairs[@]}"; do
+    [[ "$pair" =~ ^[[:space:]]*([0-9]+):([0-9]+)[[:space:]]*$ ]] \
+      || die "KAFKA_PROXIED_LISTENERS: '$pair' is not LISTEN_PORT:ADVERTISED_PORT (e.g. 29101:39101,29102:39102)"
+    echo "PROXIED$i ${BASH_REMATCH[1]} ${BASH_REMATCH[2]}"
+    i=$((i + 1))
+  done
+}
+
 write_config() {
   mkdir -p "$RUN/data"
+  local listeners="PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT"
+  local advertised="PLAINTEXT://127.0.0.1:$KAFKA_PORT"
+  local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL"
+  local name port proxy
+  while read -r name port proxy; do
+    listeners+=",$name://127.0.0.1:$port"
+    advertised+=",$name://127.0.0.1:$proxy"
+    protocols+=",$name:PLAINTEXT"
+  done < <(proxied_listeners)
   cat > "$RUN/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
+listener.security.protocol.map=$protocols
 log.dirs=$RUN/data
 num.partitions=1
 auto.create.topics.enable=false
@@ -141,6 +168,13 @@ cmd_up() {
   if port_taken "$KAFKA_CONTROLLER_PORT"; then
     die "controller port $KAFKA_CONTROLLER_PORT on 127.0.0.1 is already in use. Set KAFKA_CONTROLLER_PORT to a free port and retry."
   fi
+  proxied_listeners >/dev/null  # in this shell, so that a malformed value stops the script
+  local name port proxy
+  while read -r name port proxy; do
+    if port_taken "$port"; then
+      die "port $port of proxied listener $name (KAFKA_PROXIED_LISTENERS) is already in use on 127.0.0.1. Pick free ports and retry."
+    fi
+  done < <(proxied_listeners)
   rm -rf "$RUN" && write_config
   # A random cluster id (base64 of 16 bytes). Its first byte's top bit is cleared so that it
   # never starts with "-": the format tool then read it as an option and failed, 1 run in 64.

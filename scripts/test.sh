@@ -7,10 +7,12 @@ BIN=.venv/bin
 
 started_kafka=0
 started_pg=0
+started_toxiproxy=0
 cleanup() {
   local rc=$?
   if [ "$started_kafka" = 1 ]; then bash scripts/kafka.sh down || true; fi
   if [ "$started_pg" = 1 ]; then bash scripts/pg.sh down || true; fi
+  if [ "$started_toxiproxy" = 1 ]; then bash scripts/toxiproxy.sh down || true; fi
   exit $rc
 }
 trap cleanup EXIT
@@ -30,6 +32,13 @@ if [ -z "${TEST_DATABASE_URL:-}" ]; then
   if ! bash scripts/pg.sh status >/dev/null 2>&1; then started_pg=1; fi
   TEST_DATABASE_URL="$(DATABASE_URL= bash scripts/pg.sh up)"
   export TEST_DATABASE_URL
+fi
+
+# The network-fault tests' proxy, built once from its Go module. Without Go it cannot be had:
+# those tests then skip, naming the reason (in CI they fail: tests/conftest.py _unavailable).
+if [ -z "${TOXIPROXY_URL:-}" ]; then
+  if ! bash scripts/toxiproxy.sh status >/dev/null 2>&1; then started_toxiproxy=1; fi
+  if TOXIPROXY_URL="$(bash scripts/toxiproxy.sh up)"; then export TOXIPROXY_URL; fi
 fi
 
 echo "== tests"

@@ -38,6 +38,8 @@ from consumer.audit import AuditReport, audit
 from consumer.config import Settings
 from consumer.store import open_store
 from consumer.workload import Expectation, Workload, publish
+from tests.netfaults import ReplicaLinks, create_broker_proxies, create_replica_links
+from tests.toxiproxy import Toxiproxy
 
 ROOT = Path(__file__).resolve().parents[1]
 FaultKind = Literal["kill", "zombie", "broker", "postgres"]
@@ -69,10 +71,14 @@ class ChaosConfig:
     batch_max_records: int = 50
     catch_up_timeout_s: float = 900.0
     logs: Path = ROOT / ".run" / "chaos"
+    # Each replica's links through proxies of its own (tests/netfaults.py); no network fault
+    # is injected yet, this only wires them.
+    proxies: bool = False
 
     def reproduce(self) -> str:
         return (
             f"make chaos ARGS='--seed {self.seed} --events {self.events} "
+            f"{'--proxies ' if self.proxies else ''}"
             f"--replicas {self.replicas} --partitions {self.partitions} --kills {self.kills} "
             f"--zombies {self.zombies} --broker-restarts {self.broker_restarts} "
             f"--pg-restarts {self.pg_restarts} --waves {self.waves} --stream {self.stream_s} "
@@ -161,10 +167,18 @@ class Services:
 
     kafka_port: int = field(default_factory=free_port_pair)
     database_url: str = ""
+    proxied_replicas: int = 0  # > 0: a Toxiproxy of its own, and links for that many replicas
+    links: tuple[ReplicaLinks, ...] = ()
+    toxiproxy: Toxiproxy | None = None
+    _proxied_listeners: str = ""
 
     @property
     def pg_run_dir(self) -> Path:
         return ROOT / ".run" / f"pg-chaos-{self.kafka_port}"
+
+    @property
+    def toxiproxy_run_dir(self) -> Path:
+        return ROOT / ".run" / f"toxiproxy-chaos-{self.kafka_port}"
 
     @property
     def bootstrap(self) -> str:
@@ -176,6 +190,7 @@ class Services:
             KAFKA_PORT=str(self.kafka_port),
             KAFKA_CONTROLLER_PORT=str(self.kafka_port + 1),
             KAFKA_HEAP=os.environ.get("CHAOS_KAFKA_HEAP", "-Xms256m -Xmx768m"),
+            KAFKA_PROXIED_LISTENERS=self._proxied_listeners,
         )
         return env
 
@@ -184,15 +199,48 @@ class Services:
         env["PG_RUN_DIR"] = str(self.pg_run_dir)
         return env
 
+    def _toxiproxy_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "TOXIPROXY_PORT"}
+        env["TOXIPROXY_RUN_DIR"] = str(self.toxiproxy_run_dir)
+        return env
+
     async def up(self) -> None:
+        if self.proxied_replicas:
+            # The proxies first: the broker advertises their ports.
+            url = (await _script("toxiproxy.sh", "up", self._toxiproxy_env())).splitlines()[-1]
+            self.toxiproxy = Toxiproxy(url)
+            brokers = await create_broker_proxies(
+                self.toxiproxy, f"chaos-{self.kafka_port}", self.proxied_replicas
+            )
+            self._proxied_listeners = brokers.listeners
         await _script("kafka.sh", "up", self._kafka_env())
         self.database_url = (await _script("pg.sh", "up", self._pg_env())).splitlines()[-1]
+        if self.toxiproxy is not None:
+            self.links = await create_replica_links(
+                self.toxiproxy, f"chaos-{self.kafka_port}", brokers, self.database_url
+            )
 
     async def down(self) -> None:
         with contextlib.suppress(RuntimeError):
             await _script("kafka.sh", "down", self._kafka_env())
         with contextlib.suppress(RuntimeError):
             await _script("pg.sh", "down", self._pg_env())
+        if self.toxiproxy is not None:
+            await self.toxiproxy.close()
+            self.toxiproxy, self.links = None, ()
+            with contextlib.suppress(RuntimeError):
+                await _script("toxiproxy.sh", "down", self._toxiproxy_env())
+
+    def replica_env(self, index: int, env: dict[str, str]) -> dict[str, str]:
+        """`env` with replica `index`'s own links, when the run has proxies."""
+        if not self.links:
+            return env
+        link = self.links[index]
+        return {
+            **env,
+            "KAFKA_BOOTSTRAP_SERVERS": link.bootstrap_servers,
+            "DATABASE_URL": link.database_url,
+        }
 
     async def restart_broker(self, downtime_s: float) -> None:
         await _script("kafka.sh", "stop", self._kafka_env())
@@ -475,7 +523,10 @@ class Chaos:
         say("schedule: " + "; ".join(f.describe() for f in self.result.faults))
         await self._create_topics()
         env = self._env()
-        self.replicas = [Replica(i, env, self.log_dir, self.board) for i in range(config.replicas)]
+        self.replicas = [
+            Replica(i, self.services.replica_env(i, env), self.log_dir, self.board)
+            for i in range(config.replicas)
+        ]
         for replica in self.replicas:
             await replica.start()
         supervisor = asyncio.create_task(self._supervise())
@@ -750,9 +801,14 @@ async def _lag_meter(settings: Settings) -> AsyncIterator[Callable[[], Awaitable
 
 
 @contextlib.asynccontextmanager
-async def own_services(kafka_port: int | None = None) -> AsyncIterator[Services]:
-    """Start the run's own broker and PostgreSQL and remove them afterwards."""
-    services = Services(kafka_port) if kafka_port else Services()
+async def own_services(
+    kafka_port: int | None = None, proxied_replicas: int = 0
+) -> AsyncIterator[Services]:
+    """Start the run's own broker and PostgreSQL (and proxies, for `proxied_replicas`
+    replicas) and remove them afterwards."""
+    services = Services(proxied_replicas=proxied_replicas)
+    if kafka_port:
+        services.kafka_port = kafka_port
     try:
         await services.up()
         yield services
@@ -788,6 +844,11 @@ def _arguments(argv: list[str] | None) -> tuple[int, ChaosConfig]:
     parser.add_argument("--stream", type=float, default=90.0, help="seconds the stream lasts")
     parser.add_argument("--batch", type=int, default=50, help="BATCH_MAX_RECORDS of replicas")
     parser.add_argument("--kafka-port", type=int, default=0, help="default: a free port")
+    parser.add_argument(
+        "--proxies",
+        action="store_true",
+        help="each replica's links through Toxiproxy proxies of its own (docs/proof.md)",
+    )
     args = parser.parse_args(argv)
     return args.kafka_port, ChaosConfig(
         seed=args.seed if args.seed is not None else random.SystemRandom().randrange(10**6),
@@ -802,13 +863,17 @@ def _arguments(argv: list[str] | None) -> tuple[int, ChaosConfig]:
         waves=args.waves,
         stream_s=args.stream,
         batch_max_records=args.batch,
+        proxies=args.proxies,
     )
 
 
 async def _main(kafka_port: int, config: ChaosConfig) -> bool:
     say("starting a private broker and PostgreSQL")
-    async with own_services(kafka_port or None) as services:
+    proxied = config.replicas if config.proxies else 0
+    async with own_services(kafka_port or None, proxied) as services:
         say(f"broker 127.0.0.1:{services.kafka_port}, PostgreSQL {services.database_url}")
+        for link in services.links:
+            say(f"  replica-{link.index} through {link.broker!r} and {link.postgres!r}")
         result = await run_chaos(config, services)
     print(result.summary(), flush=True)  # noqa: T201
     return result.ok

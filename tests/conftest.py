@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Kafka broker, a real PostgreSQL, fresh topics and databases per test."""
+"""Shared fixtures: real Kafka, PostgreSQL and Toxiproxy; fresh topics and databases per test."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests import services
+from tests.netfaults import Network, proxied_network
+from tests.toxiproxy import Toxiproxy
 from tests.workers import Topics
 
 # hypothesis's pytest plugin imports the package lazily at session end; pytest then rewrites
@@ -116,3 +118,45 @@ async def topics(new_topic: TopicFactory) -> Topics:
         notifications=await new_topic("notify"),
         dead_letters=await new_topic("dlq"),
     )
+
+
+@pytest.fixture(scope="session")
+def toxiproxy_url() -> Iterator[str]:
+    try:
+        with services.toxiproxy_url() as url:
+            yield url
+    except RuntimeError as exc:
+        _unavailable("Toxiproxy", exc)
+
+
+@pytest.fixture(scope="session")
+async def toxiproxy(toxiproxy_url: str) -> AsyncIterator[Toxiproxy]:
+    async with Toxiproxy(toxiproxy_url) as api:
+        yield api
+
+
+@pytest.fixture(scope="session")
+async def proxied(
+    toxiproxy: Toxiproxy, postgres_server_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Network]:
+    """Two replicas' links, each through its own proxies to a private broker and to the test
+    PostgreSQL server; the broker starts once for the session."""
+    prefix = f"net-{uuid.uuid4().hex[:8]}"
+    try:
+        async with proxied_network(
+            toxiproxy,
+            tmp_path_factory.mktemp("proxied"),
+            replicas=2,
+            database_url=postgres_server_url,
+            prefix=prefix,
+        ) as network:
+            yield network
+    except RuntimeError as exc:
+        _unavailable("The proxied broker", exc)
+
+
+@pytest.fixture
+async def network(proxied: Network) -> AsyncIterator[Network]:
+    """The session's proxied links, every one healed again after the test."""
+    yield proxied
+    await proxied.heal()

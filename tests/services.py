@@ -1,4 +1,4 @@
-"""Where tests find Kafka and PostgreSQL: explicit address, testcontainers, or our scripts."""
+"""Where tests find Kafka, PostgreSQL and Toxiproxy: given address, testcontainers, scripts."""
 
 from __future__ import annotations
 
@@ -84,3 +84,13 @@ def postgres_url() -> Iterator[str]:
             yield str(container.get_connection_url())
         return
     yield _run_script("pg.sh", "up")
+
+
+@contextlib.contextmanager
+def toxiproxy_url() -> Iterator[str]:
+    """Toxiproxy's API: TOXIPROXY_URL, or scripts/toxiproxy.sh, which builds it once (Go)."""
+    explicit = os.environ.get("TOXIPROXY_URL")
+    if explicit:
+        yield explicit
+        return
+    yield _run_script("toxiproxy.sh", "up").splitlines()[-1]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.services import ROOT
+from tests.services import ROOT, in_ci
 
 KAFKA = ["bash", str(ROOT / "scripts" / "kafka.sh")]
 
@@ -74,3 +77,56 @@ def test_kafka_up_on_a_taken_port_fails_fast_with_the_reason() -> None:
     assert f"port {port}" in result.stderr
     assert "already in use" in result.stderr
     assert elapsed < 60  # a bound on failing, not a speed claim
+
+
+TOXIPROXY = ["bash", str(ROOT / "scripts" / "toxiproxy.sh")]
+
+
+def _toxiproxy(action: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TOXIPROXY, action],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,  # the first run builds it
+        check=False,
+    )
+
+
+def test_toxiproxy_up_twice_then_down(tmp_path: Path) -> None:
+    run_dir = str(tmp_path / "toxiproxy")
+    first = _toxiproxy("up", TOXIPROXY_RUN_DIR=run_dir)
+    try:
+        if first.returncode != 0 and "go not found" in first.stderr:
+            message = f"Toxiproxy cannot be built here: {first.stderr.strip()}"
+            if in_ci():
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
+        assert first.returncode == 0, first.stderr
+        url = first.stdout.strip().splitlines()[-1]
+        with urllib.request.urlopen(f"{url}/proxies", timeout=5) as answer:
+            assert json.loads(answer.read()) == {}
+
+        second = _toxiproxy("up", TOXIPROXY_RUN_DIR=run_dir)
+        assert second.returncode == 0, second.stderr
+        assert second.stdout.strip().splitlines()[-1] == url  # the same server, not another
+        assert "building" not in second.stderr
+    finally:
+        assert _toxiproxy("down", TOXIPROXY_RUN_DIR=run_dir).returncode == 0
+    assert _toxiproxy("status", TOXIPROXY_RUN_DIR=run_dir).returncode != 0
+
+
+def test_toxiproxy_without_go_says_so_in_one_line_with_the_fix(tmp_path: Path) -> None:
+    if any(Path(d, "go").exists() for d in ("/usr/bin", "/bin")):
+        pytest.skip("go is installed in /usr/bin here: no PATH without it to try")
+    result = _toxiproxy(
+        "up",
+        PATH="/usr/bin:/bin",
+        TOXIPROXY_VERSION="v0.0.0-never-installed",
+        TOXIPROXY_RUN_DIR=str(tmp_path / "toxiproxy"),
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "go not found" in lines[0]
+    assert "apt-get install -y golang-go" in lines[0]

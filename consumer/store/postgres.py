@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import asyncpg  # type: ignore[import-untyped, unused-ignore]
@@ -56,8 +56,20 @@ _UNAVAILABLE = (
     asyncpg.exceptions.ReadOnlySQLTransactionError,  # a failover left us on a standby
     OSError,  # refused, reset, name resolution
     TimeoutError,  # connect and command timeouts
+    # asyncpg's protocol in a state only a dying link leaves it in: a server's FATAL error
+    # read on an idle connection, its close not yet ("another operation (2) is in progress").
+    asyncpg.exceptions.InternalClientError,
 )
 _NOT_UNAVAILABLE = (asyncpg.exceptions.ProtocolViolationError,)  # a bug: retrying cannot help
+# Interface errors about what we asked for (bad arguments, settings, features): refusals
+# whatever the connection's state. Every other InterfaceError is asyncpg declining to use the
+# connection, which is the link's fault when the link is gone (see _translated).
+_CLIENT_REFUSALS = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.ClientConfigurationError,
+    asyncpg.exceptions.UnsupportedClientFeatureError,
+    asyncpg.exceptions.UnsupportedServerFeatureError,
+)
 
 _CREATE_SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -202,15 +214,14 @@ class PostgresStore:
 
     async def migrate(self) -> MigrationReport:
         applied: list[Migration] = []
-        with self._translated():
-            async with self._pool.acquire() as conn:
-                async with conn.transaction():
-                    await self._lock_migrations(conn)
-                    await conn.execute(_CREATE_SCHEMA_MIGRATIONS)
-                for migration in migrations(self.dialect):
-                    if await self._apply_migration(conn, migration):
-                        applied.append(migration)
-                version = await self._schema_version(conn)
+        async with self._connection() as conn:
+            async with conn.transaction():
+                await self._lock_migrations(conn)
+                await conn.execute(_CREATE_SCHEMA_MIGRATIONS)
+            for migration in migrations(self.dialect):
+                if await self._apply_migration(conn, migration):
+                    applied.append(migration)
+            version = await self._schema_version(conn)
         return MigrationReport(tuple(applied), version)
 
     @staticmethod
@@ -239,9 +250,8 @@ class PostgresStore:
         return True
 
     async def schema_version(self) -> int:
-        with self._translated():
-            async with self._pool.acquire() as conn:
-                return await self._schema_version(conn)
+        async with self._connection() as conn:
+            return await self._schema_version(conn)
 
     @staticmethod
     async def _schema_version(conn: Any) -> int:
@@ -253,54 +263,53 @@ class PostgresStore:
         if not entries:
             return BatchResult((), ())
         unique = first_occurrences(entries)
-        with self._translated():
-            async with self._pool.acquire() as conn, conn.transaction():
-                inserted = await conn.fetch(_INSERT_LEDGER, _ledger_rows(unique))
-                applied_ids = {row[0] for row in inserted}
-                present = [e.transaction_id for e in unique if e.transaction_id not in applied_ids]
-                stored: dict[str, SourceOffset] = {}
-                owed: set[str] = set()
-                if present:
-                    rows = await conn.fetch(_STORED_SOURCES, present)
-                    stored = {row[0]: SourceOffset(row[1], row[2], row[3]) for row in rows}
-                    owed = {row[0] for row in rows if row[4]}
-                new = [entry for entry in unique if entry.transaction_id in applied_ids]
-                changes = card_changes(new)
-                changed = {change.voucher_id for change in changes}
-                untouched = sorted({entry.voucher_id for entry in entries} - changed)
-                card_rows = await conn.fetch(_UPSERT_CARDS, _card_rows(changes), untouched)
-                outcomes = decide(entries, applied_ids, stored, owed)
-                if owed and (to_pay := paid(outcomes, owed)):
-                    await conn.execute(
-                        _PAY_OWED, _source_rows((e.transaction_id, e.source) for e in to_pay)
-                    )
+        async with self._connection() as conn, conn.transaction():
+            inserted = await conn.fetch(_INSERT_LEDGER, _ledger_rows(unique))
+            applied_ids = {row[0] for row in inserted}
+            present = [e.transaction_id for e in unique if e.transaction_id not in applied_ids]
+            stored: dict[str, SourceOffset] = {}
+            owed: set[str] = set()
+            if present:
+                rows = await conn.fetch(_STORED_SOURCES, present)
+                stored = {row[0]: SourceOffset(row[1], row[2], row[3]) for row in rows}
+                owed = {row[0] for row in rows if row[4]}
+            new = [entry for entry in unique if entry.transaction_id in applied_ids]
+            changes = card_changes(new)
+            changed = {change.voucher_id for change in changes}
+            untouched = sorted({entry.voucher_id for entry in entries} - changed)
+            card_rows = await conn.fetch(_UPSERT_CARDS, _card_rows(changes), untouched)
+            outcomes = decide(entries, applied_ids, stored, owed)
+            if owed and (to_pay := paid(outcomes, owed)):
+                await conn.execute(
+                    _PAY_OWED, _source_rows((e.transaction_id, e.source) for e in to_pay)
+                )
         cards = tuple(sorted((_card(row) for row in card_rows), key=lambda c: c.voucher_id))
         return BatchResult(outcomes, cards)
 
     async def mark_owed(self, sources: Sequence[tuple[str, SourceOffset]]) -> int:
         if not sources:
             return 0
-        with self._translated():
-            status = await self._pool.execute(_MARK_OWED, _source_rows(sources))
+        async with self._connection() as conn:
+            status = await conn.execute(_MARK_OWED, _source_rows(sources))
         return int(status.rpartition(" ")[2])
 
     async def owed(self) -> list[str]:
-        with self._translated():
-            rows = await self._pool.fetch(
+        async with self._connection() as conn:
+            rows = await conn.fetch(
                 "SELECT transaction_id FROM ledger WHERE notification_owed ORDER BY 1"
             )
         return [row[0] for row in rows]
 
     async def card(self, voucher_id: str) -> CardState | None:
-        with self._translated():
-            row = await self._pool.fetchrow(
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
                 f"SELECT {_CARD_COLUMNS} FROM cards WHERE voucher_id = $1", voucher_id
             )
         return None if row is None else _card(row)
 
     async def ledger_entry(self, transaction_id: str) -> StoredEntry | None:
-        with self._translated():
-            row = await self._pool.fetchrow(
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
                 f"SELECT {_LEDGER_COLUMNS}, applied_at, notification_owed FROM ledger "
                 "WHERE transaction_id = $1",
                 transaction_id,
@@ -310,8 +319,8 @@ class PostgresStore:
         return StoredEntry.from_row(row, lambda value: value)  # asyncpg gives datetimes
 
     async def counts(self) -> StoreCounts:
-        with self._translated():
-            row = await self._pool.fetchrow(
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
                 "SELECT (SELECT count(*) FROM ledger),"
                 " (SELECT coalesce(sum(points), 0)::bigint FROM ledger),"
                 " (SELECT count(*) FROM cards),"
@@ -320,9 +329,8 @@ class PostgresStore:
         return StoreCounts(int(row[0]), int(row[1]), int(row[2]), int(row[3]))
 
     async def ping(self) -> None:
-        with self._translated():
-            async with self._pool.acquire(timeout=PING_TIMEOUT_S) as conn:
-                await conn.fetchval("SELECT 1", timeout=PING_TIMEOUT_S)
+        async with self._connection(acquire_timeout=PING_TIMEOUT_S) as conn:
+            await conn.fetchval("SELECT 1", timeout=PING_TIMEOUT_S)
 
     async def close(self) -> None:
         if self._closed:
@@ -333,10 +341,15 @@ class PostgresStore:
         except TimeoutError:
             self._pool.terminate()
 
-    def _translated(self) -> contextlib.AbstractContextManager[None]:
+    @contextlib.asynccontextmanager
+    async def _connection(self, acquire_timeout: float | None = None) -> AsyncIterator[Any]:
+        """A pooled connection; errors of taking it, or of anything done on it, translated."""
         if self._closed:
             raise StoreError("the PostgreSQL store is closed")
-        return _translated(self._where)
+        with _translated(self._where):  # taking and giving back the connection
+            async with self._pool.acquire(timeout=acquire_timeout) as conn:
+                with _translated(self._where, conn):
+                    yield conn
 
 
 def _ledger_rows(entries: Sequence[LedgerEntry]) -> str:
@@ -394,17 +407,52 @@ def _card_rows(changes: Sequence[CardChange]) -> str:
 
 
 @contextlib.contextmanager
-def _translated(where: str) -> Iterator[None]:
-    """asyncpg's errors in the project's terms: retriable or not, decided by class."""
+def _translated(where: str, connection: Any = None) -> Iterator[None]:
+    """asyncpg's errors in the project's terms: retriable or not, decided by class and, for
+    asyncpg declining to use `connection`, by whether that connection is still there."""
     try:
         yield
-    except _CONFLICTS as exc:
-        raise StoreConflict(f"PostgreSQL at {where}: {type(exc).__name__}: {exc}") from exc
-    except _NOT_UNAVAILABLE as exc:
-        raise StoreError(f"PostgreSQL at {where}: {type(exc).__name__}: {exc}") from exc
-    except _UNAVAILABLE as exc:
-        raise StoreUnavailable(
-            f"PostgreSQL at {where} is unavailable: {type(exc).__name__}: {exc}"
-        ) from exc
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise StoreError(f"PostgreSQL at {where} refused: {type(exc).__name__}: {exc}") from exc
+    except (*_UNAVAILABLE, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        kind = _kind(exc, connection)
+        if kind is StoreUnavailable:
+            raise StoreUnavailable(f"PostgreSQL at {where} is unavailable: {_chain(exc)}") from exc
+        if kind is StoreConflict:
+            raise StoreConflict(f"PostgreSQL at {where}: {_chain(exc)}") from exc
+        raise StoreError(f"PostgreSQL at {where} refused: {_chain(exc)}") from exc
+
+
+def _kind(exc: BaseException, connection: Any) -> type[StoreError]:
+    if isinstance(exc, _CONFLICTS):
+        return StoreConflict
+    if isinstance(exc, _NOT_UNAVAILABLE):
+        return StoreError
+    if isinstance(exc, _UNAVAILABLE):
+        return StoreUnavailable
+    if isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, _CLIENT_REFUSALS):
+        # A connection that closed while we held it (between two statements, or under a
+        # transaction's rollback) makes asyncpg refuse the next call with a plain
+        # InterfaceError; the link failed, not the statement.
+        if connection is not None and _is_closed(connection):
+            return StoreUnavailable
+        # The rollback of a failed statement fails in turn: the first failure decides.
+        if isinstance(exc.__context__, asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
+            return _kind(exc.__context__, None)
+    return StoreError
+
+
+def _is_closed(connection: Any) -> bool:
+    try:
+        return bool(connection.is_closed())
+    except asyncpg.InterfaceError:
+        # The pool takes back a connection whose link was lost; its proxy then refuses every
+        # call, this one too.
+        return True
+
+
+def _chain(exc: BaseException) -> str:
+    """The error, and the one it happened while handling, when that one says more."""
+    text = f"{type(exc).__name__}: {exc}"
+    context = exc.__context__
+    if isinstance(exc, asyncpg.InterfaceError) and context is not None:
+        text += f" (after {type(context).__name__}: {context})"
+    return text

@@ -173,21 +173,12 @@ class SQLiteStore:
         self._path = path
         self._lock = asyncio.Lock()
         self._closed = False
+        self._lost = False  # the connection closed under us: open it again before the next use
 
     @classmethod
     async def connect(cls, path: str) -> SQLiteStore:
         with _translated(path):
-            # isolation_level=None: sqlite3 opens no implicit transactions; we issue BEGIN.
-            db = await aiosqlite.connect(path, isolation_level=None)
-            try:
-                await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                await db.execute("PRAGMA journal_mode = WAL")
-                # FULL: a commit survives power loss. NORMAL could lose the last batch after
-                # Kafka committed its offsets, and the guarantee with it.
-                await db.execute("PRAGMA synchronous = FULL")
-            except BaseException:
-                await db.close()
-                raise
+            db = await _open(path)
         return cls(db, path)
 
     async def migrate(self) -> MigrationReport:
@@ -341,8 +332,41 @@ class SQLiteStore:
         if self._closed:
             raise StoreError("the SQLite store is closed")
         async with self._lock:
-            with _translated(self._path):
+            if self._lost:
+                await self._reopen()
+            try:
                 yield
+            except (sqlite3.ProgrammingError, ValueError) as exc:
+                # A closed connection raises these (sqlite3's "Cannot operate on a closed
+                # database", aiosqlite's "no active connection"), and so do a wrong statement
+                # and our own checks: whether the connection still answers tells them apart.
+                if not await self._answers():
+                    self._lost = True
+                    raise StoreUnavailable(
+                        f"the connection to SQLite database {self._path} closed ({exc}); "
+                        "it is opened again on the next attempt"
+                    ) from exc
+                if isinstance(exc, sqlite3.Error):
+                    raise _store_error(self._path, exc) from exc
+                raise
+            except sqlite3.Error as exc:
+                raise _store_error(self._path, exc) from exc
+
+    async def _answers(self) -> bool:
+        try:
+            await self._db.execute_fetchall("SELECT 1")
+        except (sqlite3.ProgrammingError, ValueError):
+            return False
+        except sqlite3.Error:
+            return True  # busy or locked, but there
+        return True
+
+    async def _reopen(self) -> None:
+        with contextlib.suppress(sqlite3.Error, ValueError):
+            await self._db.close()  # stops aiosqlite's thread if it still runs
+        with _translated(self._path):
+            self._db = await _open(self._path)
+        self._lost = False
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[None]:
@@ -358,6 +382,21 @@ class SQLiteStore:
             raise
 
 
+async def _open(path: str) -> aiosqlite.Connection:
+    # isolation_level=None: sqlite3 opens no implicit transactions; we issue BEGIN.
+    db = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await db.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit survives power loss. NORMAL could lose the last batch after
+        # Kafka committed its offsets, and the guarantee with it.
+        await db.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
 @contextlib.contextmanager
 def _translated(path: str) -> Iterator[None]:
     try:
@@ -365,7 +404,11 @@ def _translated(path: str) -> Iterator[None]:
     except OverflowError as exc:  # a value beyond SQLite's 64-bit integers, refused for good
         raise StoreError(f"SQLite refused a value on {path}: {exc}") from exc
     except sqlite3.Error as exc:
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code is not None and code & 0xFF in _UNAVAILABLE_CODES:
-            raise StoreUnavailable(f"SQLite database {path} is unavailable: {exc}") from exc
-        raise StoreError(f"SQLite refused the operation on {path}: {exc}") from exc
+        raise _store_error(path, exc) from exc
+
+
+def _store_error(path: str, exc: sqlite3.Error) -> StoreError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _UNAVAILABLE_CODES:
+        return StoreUnavailable(f"SQLite database {path} is unavailable: {exc}")
+    return StoreError(f"SQLite refused the operation on {path}: {exc}")
