@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from consumer import signature
-from consumer.config import load_settings
+from consumer.asyncapi import asyncapi_document
+from consumer.config import Settings, load_settings
 from consumer.errors import ConfigurationError
 from consumer.signature import SignatureVerifier, sign
 from tests import workload
@@ -250,3 +252,11 @@ def test_an_empty_header_name_is_refused_naming_its_variable(
 ) -> None:
     message = _refused(monkeypatch, WEBHOOK_SIGNATURE_HEADER="")
     assert "WEBHOOK_SIGNATURE_HEADER" in message
+
+
+def test_the_asyncapi_document_names_the_default_header_and_its_shape() -> None:
+    webhook = asyncapi_document()["components"]["messages"]["VoucherifyWebhook"]
+    documented = webhook["headers"]["properties"][HEADER]
+    assert Settings.model_fields["webhook_signature_header"].default == HEADER
+    assert re.fullmatch(documented["pattern"], sign(workload.seed_bytes(), SECRET))
+    assert not re.fullmatch(documented["pattern"], sign(b"", SECRET)[:-1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,7 @@ from opentelemetry.semconv._incubating.attributes import messaging_attributes as
 from opentelemetry.trace import SpanKind, StatusCode
 
 from consumer import spans, tracing
+from consumer.asyncapi import asyncapi_document
 from consumer.errors import ConfigurationError
 from consumer.spans import Tracer
 
@@ -30,6 +32,7 @@ BRIDGE_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 BRIDGE_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{BRIDGE_TRACE}-{BRIDGE_SPAN}-01"
 TRACESTATE = "bridge=t61rcWkgMzE,congo=lZWRzIHRoNhcm5hbCBwbGVhc3VyZS4"
+TRACED = [("traceparent", TRACEPARENT.encode())]
 
 _OTEL_VARIABLES = [name for name in os.environ if name.startswith("OTEL_")]
 
@@ -448,3 +451,18 @@ def test_a_record_span_left_open_is_abandoned_when_its_batch_ends(
 
 def test_every_outcome_is_a_value_the_worker_reports() -> None:
     assert tracing.OUTCOMES == ("applied", "duplicate", "replay", "skipped", "dead_lettered")
+
+
+def test_the_asyncapi_document_describes_the_headers_a_notification_gets(tracer: Tracer) -> None:
+    documented = asyncapi_document()["components"]["messages"]
+    notification = documented["PendingPointsActivatedNotification"]["headers"]["properties"]
+    batch = tracer.start_batch(TOPIC, 1)
+    span = batch.start_record(FakeRecord(1, [("tracestate", b"a=1"), *TRACED]))
+
+    for name, value in span.headers():
+        assert re.fullmatch(notification[name].get("pattern", ".*"), value.decode()), name
+    assert {name for name, _ in span.headers()} == {"traceparent", "tracestate"}
+    webhook = documented["VoucherifyWebhook"]["headers"]["properties"]
+    assert {"traceparent", "tracestate"} <= set(webhook)
+    span.end("applied")
+    batch.end()
