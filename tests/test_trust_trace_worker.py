@@ -190,7 +190,9 @@ async def drain_traced(settings: Settings) -> Traced:
     store = await open_store(settings.database_url, migrate=True)
     metrics = Metrics()
     try:
-        await Worker(settings, store, metrics=metrics, burst=True, tracer=tracer).run()
+        # Until the worker takes a tracer; mypy reports this ignore as unused once it does.
+        worker = Worker(settings, store, metrics=metrics, burst=True, tracer=tracer)  # type: ignore[call-arg]
+        await worker.run()
     finally:
         await store.close()
         tracer.shutdown()
