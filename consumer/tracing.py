@@ -18,17 +18,11 @@ from consumer.errors import ConfigurationError
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
-    from consumer.spans import BatchTrace, RecordSpan, Tracer
+    from consumer.spans import Tracer
 
-__all__ = [
-    "OUTCOMES",
-    "BatchTrace",
-    "Outcome",
-    "RecordSpan",
-    "Tracer",
-    "from_environment",
-    "requested",
-]
+# The span types are consumer.spans' (import them under TYPE_CHECKING: that module needs
+# OpenTelemetry at run time).
+__all__ = ["OUTCOMES", "Outcome", "from_environment", "requested"]
 
 log = structlog.get_logger("consumer.tracing")
 
