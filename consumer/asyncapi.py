@@ -14,8 +14,16 @@ from consumer.notifications import (
     NOTIFICATION_TYPE,
     PendingPointsActivatedNotification,
 )
+from consumer.signature import DEFAULT_HEADER as SIGNATURE_HEADER
+from consumer.signature import SIGNATURE_HEX_DIGITS
 
-__all__ = ["DEAD_LETTER_HEADERS", "DEFAULT_TOPICS", "asyncapi_document", "asyncapi_json"]
+__all__ = [
+    "DEAD_LETTER_HEADERS",
+    "DEFAULT_TOPICS",
+    "TRACE_CONTEXT_HEADERS",
+    "asyncapi_document",
+    "asyncapi_json",
+]
 
 # Defaults of the settings model (consumer.config), repeated so the document stands alone.
 DEFAULT_TOPICS: Final = {
@@ -48,6 +56,19 @@ DEAD_LETTER_HEADERS: Final[dict[str, dict[str, Any]]] = {
         "type": "string",
         "format": "date-time",
         "description": "When it was dead-lettered, ISO 8601 in UTC.",
+    },
+}
+
+# W3C Trace Context (consumer.spans), on input records from the bridge and on notifications.
+TRACE_CONTEXT_HEADERS: Final[dict[str, dict[str, Any]]] = {
+    "traceparent": {
+        "type": "string",
+        "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        "description": "W3C Trace Context `traceparent`.",
+    },
+    "tracestate": {
+        "type": "string",
+        "description": "W3C Trace Context `tracestate`, passed on unchanged.",
     },
 }
 
@@ -98,7 +119,43 @@ def _cloudevents_headers() -> dict[str, Any]:
             },
             "ce_subject": {"type": "string", "description": "The Voucherify transaction id."},
             "content-type": {"const": "application/json"},
+            "traceparent": {
+                **TRACE_CONTEXT_HEADERS["traceparent"],
+                "description": "Present when the consumer traces (OpenTelemetry): its span for "
+                "the input record, in the input's trace when the bridge sent one. Continue it.",
+            },
+            "tracestate": {
+                **TRACE_CONTEXT_HEADERS["tracestate"],
+                "description": "The input record's `tracestate`, when it had one.",
+            },
         },
+    }
+
+
+def _webhook_headers() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "Headers the bridge forwards; others are kept in dead letters, unread.",
+        "properties": {
+            SIGNATURE_HEADER: {
+                "type": "string",
+                "pattern": f"^[0-9a-fA-F]{{{SIGNATURE_HEX_DIGITS}}}$",
+                "description": (
+                    "Voucherify's signature of the webhook body, forwarded unchanged: hex "
+                    "HMAC-SHA256 of the record value's exact bytes under the project's webhook "
+                    "secret. Required when the consumer has VOUCHERIFY_WEBHOOK_SECRET set (a "
+                    "record without it, or whose signature does not match, is dead-lettered "
+                    "as invalid); the name is WEBHOOK_SIGNATURE_HEADER, matched in any case."
+                ),
+            },
+            "traceparent": {
+                **TRACE_CONTEXT_HEADERS["traceparent"],
+                "description": "The bridge's span: the consumer's span for this record "
+                "continues its trace. Absent or unreadable: a new trace.",
+            },
+            "tracestate": TRACE_CONTEXT_HEADERS["tracestate"],
+        },
+        "additionalProperties": True,
     }
 
 
@@ -115,6 +172,7 @@ def _messages() -> dict[str, Any]:
                 "this schema or exceed 1 MiB or 64 levels of nesting are dead-lettered."
             ),
             "contentType": "application/json",
+            "headers": _webhook_headers(),
             "payload": {
                 "anyOf": [
                     {"$ref": "#/components/schemas/WebhookEnvelope"},

@@ -27,6 +27,7 @@ from consumer.events import (
 from consumer.notifications import output_json_schema
 from consumer.ops import check_dependencies, publish_records
 from consumer.service import run_worker
+from consumer.signature import SignatureVerifier
 from consumer.store import run_migrations
 
 
@@ -139,20 +140,63 @@ def schema(which: str) -> None:
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file, one per line.")
-def validate(files: tuple[str, ...], as_json: bool) -> None:
+@click.option(
+    "--secret",
+    metavar="SECRET",
+    help="Check signatures as the worker does with VOUCHERIFY_WEBHOOK_SECRET set. Other local "
+    "users can see a command's arguments while it runs: prefer a test project's secret.",
+)
+@click.option(
+    "--signature",
+    "signatures",
+    metavar="HEX",
+    multiple=True,
+    help="The x-voucherify-signature header of each FILE, in order (one per FILE). "
+    "Without it, with --secret, a file is judged as a record without the header.",
+)
+def validate(
+    files: tuple[str, ...], as_json: bool, secret: str | None, signatures: tuple[str, ...]
+) -> None:
     """Say what the worker would do with each FILE (`-` is stdin): apply, skip or invalid.
 
     Exit status: 0 when no file is invalid, 1 when one is, 2 when a file cannot be read.
     """
+    verifier = _verifier(secret, signatures, len(files))
     # Read everything first so that an unreadable file stops the run before any verdict.
     payloads = [(name, _read_payload(name)) for name in files]
     any_invalid = False
-    for name, value in payloads:
-        verdict = classify(value)
+    for index, (name, value) in enumerate(payloads):
+        refused = None
+        if verifier is not None:
+            headers = [(verifier.header, signatures[index].encode())] if signatures else []
+            refused = verifier.check(value, headers)
+        # As in the worker, the signature is checked before parsing: a file it refuses is
+        # invalid for that reason alone.
+        verdict = classify(value) if refused is None else Invalid([refused])
         any_invalid = any_invalid or isinstance(verdict, Invalid)
-        click.echo(_verdict_json(name, verdict) if as_json else _verdict_text(name, verdict))
+        signed = None if verifier is None else refused is None
+        if as_json:
+            click.echo(_verdict_json(name, verdict, signed))
+        else:
+            click.echo(_verdict_text(name, verdict, ", signature valid" if signed else ""))
     if any_invalid:
         raise SystemExit(1)
+
+
+def _verifier(
+    secret: str | None, signatures: tuple[str, ...], files: int
+) -> SignatureVerifier | None:
+    if secret is None:
+        if signatures:
+            raise click.UsageError("--signature needs --secret: the webhook secret to check it")
+        return None
+    if signatures and len(signatures) != files:
+        raise click.UsageError(
+            f"--signature given {len(signatures)} times for {files} files; give one per FILE"
+        )
+    if not secret.strip():
+        raise click.UsageError("--secret is empty; give the project's webhook secret")
+    return SignatureVerifier([secret.strip().encode()])
 
 
 def _read_payload(name: str) -> bytes:
@@ -164,7 +208,7 @@ def _read_payload(name: str) -> bytes:
     return payload
 
 
-def _verdict_json(name: str, verdict: Verdict) -> str:
+def _verdict_json(name: str, verdict: Verdict, signed: bool | None = None) -> str:
     summary: dict[str, object] = {
         "file": name,
         "verdict": verdict.name,
@@ -172,6 +216,8 @@ def _verdict_json(name: str, verdict: Verdict) -> str:
         "transaction_id": None,
         "errors": [],
     }
+    if signed is not None:  # only with --secret, so that the shape without it stays as it was
+        summary["signature"] = "valid" if signed else "invalid"
     if isinstance(verdict, Apply):
         summary.update(event_type=TARGET_EVENT_TYPE, transaction_id=verdict.transaction_id)
     elif isinstance(verdict, Skip):
@@ -181,12 +227,13 @@ def _verdict_json(name: str, verdict: Verdict) -> str:
     return json.dumps(summary, ensure_ascii=False)
 
 
-def _verdict_text(name: str, verdict: Verdict) -> str:
+def _verdict_text(name: str, verdict: Verdict, signed: str = "") -> str:
     if isinstance(verdict, Apply):
-        return f"{name}: apply (transaction {verdict.transaction_id})"
+        return f"{name}: apply (transaction {verdict.transaction_id}){signed}"
     if isinstance(verdict, Invalid):
-        return "\n".join([f"{name}: invalid", *(f"    {reason}" for reason in verdict.reasons)])
-    return f"{name}: skip ({verdict.event_type})"
+        reasons = (f"    {reason}" for reason in verdict.reasons)
+        return "\n".join([f"{name}: invalid{signed}", *reasons])
+    return f"{name}: skip ({verdict.event_type}){signed}"
 
 
 @main.command()

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigurationError
 from consumer.runtime import DEFAULT_GC_GEN0_THRESHOLD
+from consumer.signature import DEFAULT_HEADER as DEFAULT_SIGNATURE_HEADER
 
 DeliveryMode = Literal["exactly-once", "at-least-once"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -72,6 +73,14 @@ class Settings(BaseSettings):
     kafka_ssl_keyfile: Path | None = None
     kafka_ssl_keyfile_password: SecretStr | None = None
 
+    # Set, every input record must carry Voucherify's signature of its value (README
+    # "Security"); the previous secret is accepted too while a rotation is under way.
+    voucherify_webhook_secret: SecretStr | None = None
+    voucherify_webhook_secret_file: Path | None = None
+    voucherify_webhook_secret_previous: SecretStr | None = None
+    voucherify_webhook_secret_previous_file: Path | None = None
+    webhook_signature_header: str = Field(DEFAULT_SIGNATURE_HEADER, min_length=1)
+
     @model_validator(mode="after")
     def _security_is_complete(self) -> Settings:
         uses_sasl = self.kafka_security_protocol.startswith("SASL_")
@@ -95,15 +104,58 @@ class Settings(BaseSettings):
             "kafka_ssl_certfile",
             "kafka_ssl_keyfile",
             "kafka_sasl_password_file",
+            "voucherify_webhook_secret_file",
+            "voucherify_webhook_secret_previous_file",
         ):
             path: Path | None = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{name.upper()}: no readable file at {path}")
+        self._webhook_secrets_are_usable()
         if self.retry_initial_s > self.retry_max_s:
             raise ValueError("RETRY_INITIAL_S: must not exceed RETRY_MAX_S")
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ValueError("HEARTBEAT_INTERVAL_MS: must be at most a third of SESSION_TIMEOUT_MS")
         return self
+
+    def _webhook_secrets_are_usable(self) -> None:
+        current = self._webhook_secret("voucherify_webhook_secret")
+        previous = self._webhook_secret("voucherify_webhook_secret_previous")
+        if previous is not None and current is None:
+            raise ValueError(
+                "VOUCHERIFY_WEBHOOK_SECRET_PREVIOUS: only accepted beside the current secret; "
+                "set VOUCHERIFY_WEBHOOK_SECRET (or VOUCHERIFY_WEBHOOK_SECRET_FILE) too"
+            )
+
+    def _webhook_secret(self, name: str) -> bytes | None:
+        """One webhook secret from its variable or its file; refuses both, or an empty one."""
+        value: SecretStr | None = getattr(self, name)
+        path: Path | None = getattr(self, f"{name}_file")
+        variable = name.upper()
+        if value is not None and path is not None:
+            raise ValueError(f"{variable}: set either {variable} or {variable}_FILE, not both")
+        if path is not None:
+            try:
+                # Like the SASL password file: a trailing newline is not part of the secret.
+                secret = path.read_bytes().strip()
+            except OSError as exc:
+                raise ValueError(f"{variable}_FILE: cannot read {path} ({exc.strerror})") from None
+            if not secret:
+                raise ValueError(f"{variable}_FILE: the file {path} is empty")
+            return secret
+        if value is not None:
+            secret = value.get_secret_value().strip().encode()
+            if not secret:
+                raise ValueError(f"{variable}: empty; set the webhook secret or unset it")
+            return secret
+        return None
+
+    def webhook_secrets(self) -> list[bytes]:
+        """The webhook secrets to accept, current first; empty when verification is off."""
+        return [
+            secret
+            for name in ("voucherify_webhook_secret", "voucherify_webhook_secret_previous")
+            if (secret := self._webhook_secret(name)) is not None
+        ]
 
     @property
     def transactional(self) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from consumer import kafka
+from consumer import kafka, signature
 from consumer.config import Settings
 from consumer.errors import BrokerUnavailable, ConsumerError
 from consumer.store import open_store
@@ -59,9 +59,19 @@ async def check_dependencies(settings: Settings) -> CheckReport:
     """Configuration (already valid if we got here), the broker and its topics, the store."""
     report = CheckReport()
     report.ok("configuration")
+    report.ok(f"signatures: {_signature_state(settings)}")
     await _check_kafka(settings, report)
     await _check_store(settings, report)
     return report
+
+
+def _signature_state(settings: Settings) -> str:
+    """Whether records must be signed; never the secrets, only how many."""
+    verifier = signature.from_settings(settings)
+    if verifier is None:
+        return "not verified (VOUCHERIFY_WEBHOOK_SECRET is not set)"
+    accepted = "current and previous secret" if verifier.secrets > 1 else "one secret"
+    return f"verified (header {verifier.header}, {accepted})"
 
 
 async def _check_kafka(settings: Settings, report: CheckReport) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from consumer.store import open_store
 from tests.workers import Topics
@@ -14,7 +15,11 @@ from tests.workers import Topics
 def _check(
     bootstrap: str, topics: Topics, database_url: str, **extra: str
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DATABASE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KAFKA_", "DATABASE_", "VOUCHERIFY_", "WEBHOOK_"))
+    }
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=bootstrap,
         DATABASE_URL=database_url,
@@ -48,6 +53,7 @@ async def test_everything_in_place_exits_zero_with_one_ok_line_per_dependency(
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == [
         "ok    configuration",
+        "ok    signatures: not verified (VOUCHERIFY_WEBHOOK_SECRET is not set)",
         f"ok    kafka: {kafka_bootstrap}",
         f"ok    topic {topics.input} (INPUT_TOPIC)",
         f"ok    topic {topics.notifications} (NOTIFICATION_TOPIC)",
@@ -119,3 +125,45 @@ async def test_a_bad_setting_fails_before_connecting_naming_the_variable(
     assert "BATCH_MAX_RECORDS" in result.stderr
     assert result.stdout == ""  # nothing was checked
     assert "Traceback" not in result.stderr
+
+
+async def test_signature_verification_is_reported_without_the_secrets(
+    kafka_bootstrap: str, topics: Topics, sqlite_url: str, tmp_path: Path
+) -> None:
+    await _migrated(sqlite_url)
+    previous = tmp_path / "previous"
+    previous.write_text("Old-Webhook-Secret-3c9e\n")
+
+    result = await asyncio.to_thread(
+        _check,
+        kafka_bootstrap,
+        topics,
+        sqlite_url,
+        VOUCHERIFY_WEBHOOK_SECRET="New-Webhook-Secret-71d4",
+        VOUCHERIFY_WEBHOOK_SECRET_PREVIOUS_FILE=str(previous),
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[1] == (
+        "ok    signatures: verified (header x-voucherify-signature, current and previous secret)"
+    )
+    assert "Webhook-Secret" not in result.stdout + result.stderr
+
+
+async def test_a_half_configured_rotation_fails_naming_the_variable_not_the_secret(
+    kafka_bootstrap: str, topics: Topics, sqlite_url: str
+) -> None:
+    result = await asyncio.to_thread(
+        _check,
+        kafka_bootstrap,
+        topics,
+        sqlite_url,
+        VOUCHERIFY_WEBHOOK_SECRET_PREVIOUS="Old-Webhook-Secret-3c9e",
+    )
+
+    assert result.returncode == 1
+    assert "VOUCHERIFY_WEBHOOK_SECRET_PREVIOUS: only accepted beside the current secret" in (
+        result.stderr
+    )
+    assert result.stdout == ""
+    assert "Old-Webhook-Secret" not in result.stdout + result.stderr
