@@ -28,7 +28,7 @@ typecheck: install
 # which scripts/toxiproxy.sh builds once from its Go module), runs lint, type check and
 # every test, and stops what it started.
 test: install
-	bash scripts/test.sh
+	bash scripts/test.sh $(ARGS)
 
 # Only pytest, against services you started yourself (make kafka-up pg-up).
 pytest: install

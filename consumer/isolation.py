@@ -155,7 +155,15 @@ class Isolation:
             )
             single = Plan(
                 plan.epoch,
-                [Step(record, dead_letter=letter, reasons=reasons, reason_class=reason_class)],
+                [
+                    Step(
+                        record,
+                        dead_letter=letter,
+                        reasons=reasons,
+                        reason_class=reason_class,
+                        span=step.span,
+                    )
+                ],
             )
             try:
                 await self._committer.commit(single, [letter])

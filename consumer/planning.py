@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from aiokafka import TopicPartition
 
@@ -14,6 +14,10 @@ from consumer.events import Activation, Apply, Invalid, Skip, classify
 from consumer.ownership import Epoch
 from consumer.store.base import BatchResult, LedgerEntry, SourceOffset
 from consumer.transform import notification_record, to_ledger_entry
+
+if TYPE_CHECKING:  # only imported when tracing is on (consumer.tracing decides)
+    from consumer.signature import SignatureVerifier
+    from consumer.spans import BatchTrace, RecordSpan
 
 __all__ = ["Output", "Plan", "Record", "Step", "classify_record", "dead_letter_output"]
 
@@ -50,6 +54,8 @@ class Step:
     reasons: Sequence[str] = ()  # of the dead letter
     reason_class: ReasonClass = "invalid"
     skipped: bool = False
+    outcome: str | None = None  # the store's verdict on the activation, once applied
+    span: RecordSpan | None = None  # when tracing is on
 
 
 @dataclass(slots=True)
@@ -61,6 +67,7 @@ class Plan:
     steps: list[Step]
     counts: Counter[str] = field(default_factory=Counter)  # outcomes, once committed
     stored: BatchResult | None = None  # what the store decided, once it committed
+    trace: BatchTrace | None = None  # when tracing is on
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -82,6 +89,22 @@ class Plan:
         middle = len(self.steps) // 2
         return Plan(self.epoch, self.steps[:middle]), Plan(self.epoch, self.steps[middle:])
 
+    def end_spans(self) -> None:
+        """Tracing: each record's span ends with the outcome that is now committed."""
+        for step in self.steps:
+            span = step.span
+            if span is None:
+                continue
+            if step.dead_letter is not None:
+                span.end("dead_lettered", reason_class=step.reason_class)
+            elif step.skipped:
+                span.end("skipped")
+            elif step.activation is not None and step.outcome is not None:
+                span.end(
+                    step.outcome,  # type: ignore[arg-type]  # the store's kinds are outcomes
+                    transaction_id=step.activation.transaction_id,
+                )
+
     def entries(self) -> list[LedgerEntry]:
         """The ledger entries of the activations, each with the record it came from."""
         return [
@@ -102,9 +125,12 @@ class Plan:
         for step in self.steps:
             if step.activation is not None:
                 outcome = next(outcomes)
+                step.outcome = outcome.kind
                 counts[outcome.kind] += 1
                 if outcome.notifies:
                     key, value, headers = notification_record(step.activation, source=source)
+                    if step.span is not None:  # the notification continues the record's trace
+                        headers = [*headers, *step.span.headers()]
                     outputs.append(Output(notification_topic, key, value, headers))
             elif step.dead_letter is not None:
                 counts[f"dead_lettered_{step.reason_class}"] += 1
@@ -115,8 +141,16 @@ class Plan:
         return outputs
 
 
-def classify_record(record: Record, dead_letter_topic: str) -> Step:
-    """The step of one record: an activation for the store, a skip, or a dead letter."""
+def classify_record(
+    record: Record, dead_letter_topic: str, verifier: SignatureVerifier | None = None
+) -> Step:
+    """The step of one record: an activation for the store, a skip, or a dead letter. With
+    a verifier, the webhook signature is checked first, on the value's exact bytes."""
+    if verifier is not None:
+        problem = verifier.check(record.value, record.headers or ())
+        if problem is not None:
+            letter = dead_letter_output(record, [problem], "invalid", 1, dead_letter_topic)
+            return Step(record, dead_letter=letter, reasons=[problem])
     verdict = classify(record.value)
     if isinstance(verdict, Apply):
         return Step(record, activation=verdict.activation)

@@ -26,11 +26,12 @@ __all__ = ["OUTCOMES", "Outcome", "from_environment", "requested"]
 
 log = structlog.get_logger("consumer.tracing")
 
-Outcome = Literal["applied", "duplicate", "replay", "skipped", "dead_lettered"]
+Outcome = Literal["applied", "duplicate", "replay", "owed", "skipped", "dead_lettered"]
 OUTCOMES: Final[tuple[Outcome, ...]] = (
     "applied",
     "duplicate",
     "replay",
+    "owed",
     "skipped",
     "dead_lettered",
 )

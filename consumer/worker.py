@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -23,8 +24,12 @@ from consumer.metrics import Metrics
 from consumer.ownership import Epoch, Ownership
 from consumer.planning import Plan, classify_record
 from consumer.retrier import Cause, Retrier
+from consumer.signature import from_settings as signature_verifier
 from consumer.store.base import BatchResult, Store
 from consumer.telemetry import Health, Telemetry
+
+if TYPE_CHECKING:  # only imported when tracing is on (consumer.tracing decides)
+    from consumer.spans import Tracer
 
 __all__ = ["Health", "Hooks", "Worker"]
 
@@ -76,6 +81,7 @@ class Worker:
         metrics: Metrics | None = None,
         hooks: Hooks | None = None,
         burst: bool = False,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -83,6 +89,8 @@ class Worker:
         self.hooks = hooks or Hooks()
         self.burst = burst
         self.telemetry = Telemetry(settings, self.metrics)
+        self._tracer = tracer
+        self._verifier = signature_verifier(settings)  # None: signatures are not checked
         self.ownership = Ownership()
         self.retrier = Retrier(settings, on_retry=self._retrying, on_recovered=self._recovered)
         self._stopping = asyncio.Event()
@@ -225,14 +233,21 @@ class Worker:
         if polled is None:
             return None
         epoch, partitions = polled
-        topic = self.settings.dead_letter_topic
+        topic, verifier = self.settings.dead_letter_topic, self._verifier
+        trace = None
+        if self._tracer is not None:
+            size = sum(len(records) for _, records in partitions)
+            trace = self._tracer.start_batch(self.settings.input_topic, size)
         steps = []
         for _tp, records in partitions:
             for record in records:
-                steps.append(classify_record(record, topic))
+                span = None if trace is None else trace.start_record(record)
+                step = classify_record(record, topic, verifier)
+                step.span = span
+                steps.append(step)
                 if len(steps) % DECIDE_SLICE == 0:
                     await asyncio.sleep(0)
-        return Plan(epoch, steps)
+        return Plan(epoch, steps, trace=trace)
 
     def _raise_if_establishing_failed(self) -> None:
         """Reading the positions failed for a reason retrying cannot fix (authorization, a
@@ -243,12 +258,13 @@ class Worker:
             task.result()
 
     def _startable(self, plan: Plan) -> bool:
-        if self._stopping.is_set():
-            return False
-        if not self.ownership.accepts(plan.epoch):
+        startable = not self._stopping.is_set()
+        if startable and not self.ownership.accepts(plan.epoch):
             log.info("batch.dropped", records=len(plan), reason="its epoch ended")
-            return False
-        return True
+            startable = False
+        if not startable and plan.trace is not None:
+            plan.trace.end()
+        return startable
 
     async def _settled(self) -> None:
         """Wait for the batch in flight, if any."""
@@ -275,6 +291,9 @@ class Worker:
             except Fenced as exc:
                 self._fenced(plan, exc)
                 return
+            finally:
+                if plan.trace is not None:
+                    plan.trace.end()  # abandons the spans of records not committed
             elapsed = time.perf_counter() - started
             self.telemetry.finished(pieces, elapsed, isolated=pieces != [plan])
 
@@ -305,6 +324,8 @@ class Worker:
     def _committed(self, plan: Plan) -> None:
         self.ownership.advance(plan.epoch, plan.offsets())
         self.telemetry.committed(plan)
+        if self._tracer is not None:
+            plan.end_spans()
 
     def _fenced(self, plan: Plan, error: Fenced) -> None:
         """The group moved on from the batch's epoch: drop it, and everything of its epoch;

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -24,8 +23,6 @@ from consumer.worker import Worker
 from tests import workload
 from tests.kafkautil import produce, read_committed
 from tests.workers import Topics, drain, settings_for
-
-pytestmark = pytest.mark.skip(reason="wired by the lead")
 
 SECRET = "whsec-current-4d1f"
 PREVIOUS = "whsec-previous-a07c"
@@ -190,8 +187,7 @@ async def drain_traced(settings: Settings) -> Traced:
     store = await open_store(settings.database_url, migrate=True)
     metrics = Metrics()
     try:
-        # Until the worker takes a tracer; mypy reports this ignore as unused once it does.
-        worker = Worker(settings, store, metrics=metrics, burst=True, tracer=tracer)  # type: ignore[call-arg]
+        worker = Worker(settings, store, metrics=metrics, burst=True, tracer=tracer)
         await worker.run()
     finally:
         await store.close()
