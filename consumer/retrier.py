@@ -90,6 +90,8 @@ class Retrier:
                 raise StoreUnavailable("the database did not answer in time") from None
             raise BrokerUnavailable("Kafka did not answer in time") from None
         except Exception as exc:
+            if cause == "store":
+                raise  # the stores translate their own drivers' errors
             translated = as_consumer_error(exc)
             if translated is exc:
                 raise
