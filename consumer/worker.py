@@ -42,6 +42,7 @@ log = structlog.get_logger("consumer.worker")
 # 20 -> 12,200; 10 -> 13,500; 5 -> 14,200; 2 -> 14,100; 1 -> 12,400 (a turn per record).
 DECIDE_SLICE = 5
 EMPTY_RESULT = BatchResult((), ())
+ESTABLISHING_GRACE_S = 5.0
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -179,6 +180,9 @@ class Worker:
 
     async def _close(self, consumer: AIOKafkaConsumer) -> None:
         if self._establishing is not None:
+            # Usually done in milliseconds; cancelled while aiokafka opens a connection, it
+            # would leave that connection open.
+            await asyncio.wait([self._establishing], timeout=ESTABLISHING_GRACE_S)
             self._establishing.cancel()
         if self._committer is not None:
             await self._committer.stop()
