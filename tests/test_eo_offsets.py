@@ -79,7 +79,7 @@ async def test_batches_put_back_after_isolation_never_notify_a_committed_record_
         await new_topic("in", partitions=6), await new_topic("notify"), await new_topic("dlq")
     )
     settings = settings_for(kafka_bootstrap, topics, postgres_url, batch_max_records=40)
-    workload = Workload(seed=14, events=3000, partitions=6, refused_share=0.01)
+    workload = Workload(seed=14, events=3000, partitions=6, refused_share=0.02)
     store = await open_store(postgres_url, migrate=True)
     await store.close()
     await install_refusal(postgres_url)
