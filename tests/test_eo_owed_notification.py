@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import datetime
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -21,7 +22,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consumer.audit import audit
 from consumer.config import Settings
-from consumer.store import StoredEntry, open_store
+from consumer.store import open_store
 from tests import workload
 from tests.conftest import TopicFactory
 from tests.eo_support import notified_ids
@@ -109,11 +110,20 @@ async def _publish(bootstrap: str, topic: str, ids: list[str]) -> None:
     )
 
 
-async def _ledger(url: str, ids: list[str]) -> tuple[dict[str, StoredEntry], int | None]:
-    """The ledger entries of `ids` and the card's activated points."""
+Applied = tuple[str, int, datetime]  # card, points, applied at
+
+
+async def _ledger(url: str, ids: list[str]) -> tuple[dict[str, Applied], int | None]:
+    """What the ledger applied for `ids`, and the card's activated points. Not the entries'
+    source or whether a notification is still owed: the replay that pays the notification
+    may move both (the replayed record then owns it)."""
     store = await open_store(url)
     try:
-        entries = {tx: e for tx in ids if (e := await store.ledger_entry(tx)) is not None}
+        entries = {
+            tx: (e.voucher_id, e.points, e.applied_at)
+            for tx in ids
+            if (e := await store.ledger_entry(tx)) is not None
+        }
         card = await store.card("v_owed")
         assert (await store.counts()).ledger_entries == len(entries)
     finally:
