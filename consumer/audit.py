@@ -43,6 +43,10 @@ __all__ = ["AuditReport", "audit", "audit_store"]
 
 READ_TIMEOUT_S: Final = 600.0  # reading a whole topic; a stuck read says so instead of hanging
 STORE_CONCURRENCY: Final = 8
+# The broker aborts a transaction this long after its timeout at most (its
+# transaction.abort.timed.out.transaction.cleanup.interval.ms defaults to 10 s).
+STABLE_GRACE_S: Final = 30.0
+STABLE_POLL_S: Final = 0.1
 
 Position = tuple[int, int]  # (partition, offset) in the input topic
 
@@ -203,7 +207,7 @@ async def _read_topic(settings: Settings, topic: str) -> AsyncIterator[Any]:
         partitions = [TopicPartition(topic, p) for p in sorted(numbers)]
         reader.assign(partitions)
         await reader.seek_to_beginning(*partitions)
-        ends = await reader.end_offsets(partitions)
+        ends = await _stable_ends(settings, reader, partitions)
         deadline = time.monotonic() + READ_TIMEOUT_S
         remaining = [tp for tp in partitions if await reader.position(tp) < ends[tp]]
         while remaining:
@@ -219,6 +223,40 @@ async def _read_topic(settings: Settings, topic: str) -> AsyncIterator[Any]:
             remaining = [tp for tp in remaining if await reader.position(tp) < ends[tp]]
     finally:
         await reader.stop()
+
+
+async def _stable_ends(
+    settings: Settings, reader: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The end up to which everything written before the audit began is decided: the last
+    stable offsets, once they have reached the high watermarks seen at the start.
+
+    A transaction still open (a replica that died in the middle of one, its producer not
+    restarted) hides everything after its first record from read_committed readers until
+    the broker aborts it, KAFKA_TRANSACTION_TIMEOUT_MS later. Reading before then would
+    report the records behind it as never notified.
+    """
+    raw = AIOKafkaConsumer(**kafka.connection_options(settings), isolation_level="read_uncommitted")
+    await raw.start()
+    try:
+        high = await raw.end_offsets(partitions)
+    finally:
+        await raw.stop()
+    patience_s = settings.kafka_transaction_timeout_ms / 1000 + STABLE_GRACE_S
+    deadline = time.monotonic() + patience_s
+    while True:
+        stable = await reader.end_offsets(partitions)
+        behind = [tp.partition for tp in partitions if stable[tp] < high[tp]]
+        if not behind:
+            return dict(stable)
+        if time.monotonic() > deadline:
+            raise BrokerUnavailable(
+                f"{partitions[0].topic} partition(s) {behind}: a transaction has stayed open "
+                f"for over {patience_s:.0f}s, longer than KAFKA_TRANSACTION_TIMEOUT_MS allows; "
+                "check the broker's transaction state (kafka-transactions.sh list), then audit "
+                "again"
+            )
+        await asyncio.sleep(STABLE_POLL_S)
 
 
 async def _read_input(settings: Settings) -> _Input:

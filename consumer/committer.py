@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from typing import Any, Protocol
 
 import structlog
@@ -116,6 +117,7 @@ class TransactionalCommitter:
         producer = self._producer or await self._open()
         sent: list[asyncio.Future[Any]] = []
         committing = False
+        began = time.monotonic()
         try:
             async with asyncio.timeout(self._settings.retry_attempt_timeout_s):
                 await producer.begin_transaction()
@@ -141,7 +143,9 @@ class TransactionalCommitter:
             # Our epoch was bumped: the broker aborted a transaction that outlived
             # KAFKA_TRANSACTION_TIMEOUT_MS, or another process took our transactional id.
             await self._replace()
-            self._fencings += 1
+            timeout_s = self._settings.kafka_transaction_timeout_ms / 1000
+            if time.monotonic() - began < 0.8 * timeout_s:  # not our transaction timing out
+                self._fencings += 1
             if self._fencings >= MAX_PRODUCER_FENCINGS:
                 raise ConfigurationError(
                     f"the transactional id {self.transactional_id} was fenced "

@@ -35,9 +35,10 @@ class Settings(BaseSettings):
     # workers of one process), and the same again when a container restarts in its pod: its
     # new producer then aborts at once what the old one left open.
     transactional_id: str | None = Field(None, min_length=1)
-    # How long an unfinished transaction of a replica that died holds back what it wrote
-    # (and, rarely, its partitions' next owner) before the broker aborts it.
-    kafka_transaction_timeout_ms: int = Field(30_000, ge=1_000, le=900_000)
+    # How long an unfinished transaction of a replica that died (and was not restarted with
+    # its transactional id) holds back what it wrote, and, rarely, its partitions' next
+    # owner, before the broker aborts it.
+    kafka_transaction_timeout_ms: int = Field(20_000, ge=1_000, le=900_000)
     client_id: str = Field("loyalty-consumer", min_length=1)
 
     batch_max_records: int = Field(2000, ge=1, le=100_000)
@@ -46,7 +47,9 @@ class Settings(BaseSettings):
     max_record_attempts: int = Field(3, ge=1, le=100)
     retry_initial_s: float = Field(0.2, gt=0, le=60)
     retry_max_s: float = Field(10.0, gt=0, le=600)
-    retry_attempt_timeout_s: float = Field(30.0, gt=0, le=600)
+    # PostgreSQL's own statement timeout is 15 s; one attempt of a Kafka transaction must end
+    # before the broker's transaction timeout (KAFKA_TRANSACTION_TIMEOUT_MS) aborts it.
+    retry_attempt_timeout_s: float = Field(15.0, gt=0, le=600)
     shutdown_timeout_s: float = Field(30.0, gt=0, le=3600)
     session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
     heartbeat_interval_ms: int = Field(3_000, ge=100, le=100_000)
@@ -113,6 +116,11 @@ class Settings(BaseSettings):
         self._webhook_secrets_are_usable()
         if self.retry_initial_s > self.retry_max_s:
             raise ValueError("RETRY_INITIAL_S: must not exceed RETRY_MAX_S")
+        if self.kafka_transaction_timeout_ms <= self.retry_attempt_timeout_s * 1000:
+            raise ValueError(
+                "KAFKA_TRANSACTION_TIMEOUT_MS: must exceed RETRY_ATTEMPT_TIMEOUT_S (in ms), or "
+                "the broker aborts transactions the worker is still waiting for"
+            )
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ValueError("HEARTBEAT_INTERVAL_MS: must be at most a third of SESSION_TIMEOUT_MS")
         return self

@@ -75,7 +75,9 @@ async def _settled_ends(
     raw = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_uncommitted")
     await raw.start()
     try:
-        deadline = asyncio.get_running_loop().time() + 30
+        # A process killed mid-transaction leaves it open until the broker aborts it: the
+        # default KAFKA_TRANSACTION_TIMEOUT_MS, plus the test broker's 5 s cleanup interval.
+        deadline = asyncio.get_running_loop().time() + 45
         while True:
             stable = await consumer.end_offsets(partitions)
             high = await raw.end_offsets(partitions)
