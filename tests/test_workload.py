@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 
 from consumer.events import Apply, Invalid, Skip, classify
@@ -148,3 +149,32 @@ def test_a_zero_refused_share_leaves_existing_streams_byte_for_byte() -> None:
     explicit = list(Workload(seed=13, events=500, partitions=3, refused_share=0).records())
 
     assert plain == explicit
+
+
+def test_each_payload_is_a_private_copy_of_the_reference_event() -> None:
+    from datetime import UTC, datetime
+
+    from consumer.workload import SEED_FILE, activation_payload
+
+    def payload(transaction_id: str) -> dict[str, object]:
+        return activation_payload(
+            transaction_id,
+            voucher_id="v_card",
+            customer_id="cust_one",
+            points=7,
+            balance=70,
+            pending=3,
+            created_at=datetime(2025, 3, 1, tzinfo=UTC),
+            envelope=False,
+        )
+
+    first = payload("vtx_first")
+    first["customer"]["name"] = "changed"  # type: ignore[index]
+    first["voucher"]["loyalty_card"]["points"] = -1  # type: ignore[index]
+    second = payload("vtx_second")
+
+    reference = orjson.loads(SEED_FILE.read_bytes())
+    assert second["customer"]["name"] == reference["customer"]["name"]  # type: ignore[index]
+    assert second["voucher"]["loyalty_card"]["points"] == 70  # type: ignore[index]
+    assert second["transaction"]["id"] == "vtx_second"  # type: ignore[index]
+    assert second.keys() == reference.keys()
