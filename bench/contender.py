@@ -1,8 +1,8 @@
 """One contender in its own process, so that its CPU time and peak memory are its own.
 
 `python -m bench.contender '<spec as JSON>'` runs the worker (`ours`), the passthrough
-(`limit`) or the record-at-a-time loop (`naive`) over the input topic and reports on
-stdout, one JSON object a line:
+(`limit`), the record-at-a-time loop (`naive`) or the FastStream application (`faststream`)
+over the input topic and reports on stdout, one JSON object a line:
 
 - `{"ready": true, "t": …}` once it owns partitions and can commit;
 - `{"t": …, "done": n, "cpu": s, "rss_kb": k}` about ten times a second, where `done`
@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["ours", "limit", "naive"]
+Kind = Literal["ours", "limit", "naive", "faststream"]
 
 PROGRESS_EVERY_S = 0.1
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -116,6 +116,10 @@ async def run(spec: Spec) -> dict[str, Any]:
         from bench.passthrough import run_passthrough
 
         return await run_passthrough(spec)
+    if spec.kind == "faststream":
+        from bench.faststream_app import run_faststream
+
+        return await run_faststream(spec)
     from bench.naive import run_naive
 
     return await run_naive(spec)
