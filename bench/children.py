@@ -33,8 +33,10 @@ class Child:
 
     name: str
     process: asyncio.subprocess.Process
+    started_at: float  # wall clock just before the process was spawned
     samples: list[Sample] = field(default_factory=list)
     ready_at: float | None = None
+    first_commit_at: float | None = None  # the first sample with records done
     result: dict[str, Any] | None = None
 
     def at(self, t: float) -> Sample | None:
@@ -85,6 +87,7 @@ class Children:
         for index, spec in enumerate(self.specs):
             name = f"{self.name}.{index}" if len(self.specs) > 1 else self.name
             log = _log_file(self.log_dir / f"{name}.log")
+            started_at = time.time()
             try:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable,
@@ -98,7 +101,7 @@ class Children:
                 )
             finally:
                 os.close(log)
-            child = Child(name, process)
+            child = Child(name, process, started_at)
             self.children.append(child)
             self._readers.append(asyncio.create_task(self._read(child)))
 
@@ -113,9 +116,12 @@ class Children:
                 elif "ready" in message:
                     child.ready_at = float(message["t"])
                 else:
-                    child.samples.append(
-                        Sample(message["t"], message["done"], message["cpu"], message["rss_kb"])
+                    sample = Sample(
+                        message["t"], message["done"], message["cpu"], message["rss_kb"]
                     )
+                    child.samples.append(sample)
+                    if child.first_commit_at is None and sample.done > 0:
+                        child.first_commit_at = sample.t
                     done = self.done()
                     if self.on_sample is not None:
                         self.on_sample(done)
@@ -135,6 +141,40 @@ class Children:
             if time.monotonic() > deadline:
                 raise RuntimeError(self._failure(f"not ready after {within_s:.0f}s"))
             await asyncio.sleep(0.05)
+
+    async def first_commits(self, within_s: float) -> float:
+        """Wait until every child has committed something; the last one's time."""
+        deadline = time.monotonic() + within_s
+        while any(c.first_commit_at is None for c in self.children):
+            self._raise_if_exited("exited before its first commit")
+            if time.monotonic() > deadline:
+                raise RuntimeError(self._failure(f"committed nothing within {within_s:.0f}s"))
+            await asyncio.sleep(0.05)
+        return max(c.first_commit_at or 0.0 for c in self.children)
+
+    async def run_until(self, until: float, input_records: int) -> None:
+        """Let the children work until wall-clock `until`; fail if one exits or the input
+        runs out first (a window measured on an idle contender would flatter nobody)."""
+        while time.time() < until:
+            self._raise_if_exited("exited during its measurement")
+            if self.done() >= input_records:
+                raise RuntimeError(
+                    self._failure(
+                        f"consumed all {input_records:,} input records before its window "
+                        "closed: load more (the plan's events) or shorten the window"
+                    )
+                )
+            await asyncio.sleep(0.05)
+
+    def _raise_if_exited(self, what: str) -> None:
+        if any(c.process.returncode is not None for c in self.children):
+            raise RuntimeError(self._failure(what))
+
+    def kill_child(self, index: int) -> float:
+        """SIGKILL one child (a replica lost without warning); the wall-clock time of it."""
+        child = self.children[index]
+        child.process.kill()
+        return time.time()
 
     async def wait(self, within_s: float) -> None:
         """Wait for every child to exit by itself; kill them all after `within_s`."""
@@ -162,8 +202,27 @@ class Children:
                 child.process.kill()
 
     def _failure(self, what: str) -> str:
-        logs = ", ".join(str(self.log_dir / f"{c.name}.log") for c in self.children)
-        return f"contender {self.name} {what}; see {logs}"
+        return f"contender {self.name} {what}; see {self.log_paths()}"
+
+    def window_between(self, start: float, end: float) -> Window:
+        """The measured window: from the first sample at or after `start` (wall clock) to
+        the first at or after `end`, all children's records together."""
+        timeline = sorted({s.t for c in self.children for s in c.samples})
+        first = next((t for t in timeline if t >= start), None)
+        last = next((t for t in timeline if t >= end), None)
+        if first is None or last is None or last <= first:
+            raise RuntimeError(self._failure("has no samples spanning its measuring window"))
+
+        def total(t: float, field: str) -> float:
+            return float(
+                sum(getattr(s, field) for c in self.children if (s := c.at(t)) is not None)
+            )
+
+        records = int(total(last, "done") - total(first, "done"))
+        return Window(first, last, records, total(last, "cpu") - total(first, "cpu"))
+
+    def log_paths(self) -> str:
+        return ", ".join(str(self.log_dir / f"{c.name}.log") for c in self.children)
 
     def window(self, warm_up: int, records: int) -> Window:
         """The measured window: from `warm_up` records done to `records` done (all children)."""

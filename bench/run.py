@@ -1,4 +1,10 @@
-"""The benchmark run: load the topics, measure each contender in turn, sweep, report."""
+"""The benchmark run: the plan, the inputs, one measured run of a contender, and the parts.
+
+Every throughput figure is the median of `Plan.rounds` interleaved rounds (`bench.rounds`).
+A run starts a contender (or several replicas of it) on a fresh consumer group, waits for its
+first commit, lets it warm up for `warm_up_s`, measures `window_s` seconds of its progress
+reports, stops it with SIGTERM, and then checks everything it committed (`bench.verify`).
+"""
 
 from __future__ import annotations
 
@@ -10,85 +16,145 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench import latency, machine, services
+from bench import machine, services
 from bench.children import Children
 from bench.contender import Kind, Spec
+from bench.expect import InputIndex
 from bench.services import RUN, Services
-from consumer.workload import Expectation, Workload, publish
+from bench.verify import BenchFailure, end_offsets, verify
+from consumer.config import Settings
+from consumer.store import open_store
+from consumer.workload import GeneratedRecord, Workload, install_refusal
 
-PARTITIONS = 6
+PARTITIONS: Final = 6  # the main input, and every output topic
+WIDEST: Final = 96
 # Voucherify retries for a day: a tenth of the records are re-deliveries. A few other event
 # types and a little garbage keep the skip and dead-letter paths in the measurement.
-DUPLICATE_SHARE = 0.10
-SIBLING_SHARE = 0.02
-MALFORMED_SHARE = 0.005
-RATE = 1_000.0  # records a second for the latency measurement
+DUPLICATE_SHARE: Final = 0.10
+SIBLING_SHARE: Final = 0.02
+MALFORMED_SHARE: Final = 0.005
+POISON_SHARE: Final = 0.001  # valid activations the store refuses, in the poison sweep
+RATE: Final = 1_000.0  # records a second for the latency measurement
+START_TIMEOUT_S: Final = 180.0  # to the first commit; 96 transactional producers take a while
+STOP_TIMEOUT_S: Final = 90.0  # from SIGTERM to exit: the batch in flight, then leaving
+SAMPLE_S: Final = 0.1  # how often a contender reports (bench.contender.PROGRESS_EVERY_S)
+WARM_UP_EVENTS: Final = 40_000
+
+PARTS: Final = ("contenders", "latency", "sweep", "failover", "memory", "batch")
+DEFAULT_PARTS: Final = ("contenders", "latency", "sweep", "failover", "memory")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One thing measured in the rounds: a contender on an input, with its settings."""
+
+    name: str
+    kind: Kind
+    store: str = "postgresql"
+    partitions: int = PARTITIONS
+    poison: bool = False
+    replicas: int = 1
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+LINE_UP: Final = {
+    "ours-postgresql": Config("ours-postgresql", "ours"),
+    "ours-sqlite": Config("ours-sqlite", "ours", store="sqlite"),
+    "limit": Config("limit", "limit"),
+    "naive": Config("naive", "naive"),
+    "faststream": Config("faststream", "faststream"),
+}
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How much of everything a run measures."""
+    """What a run measures, and how long each measurement lasts."""
 
-    name: str
-    events: int  # records on the throughput topic
-    warm_up: int  # records before the measured window starts
-    naive_events: int  # the naive loop reads only the start of the topic (it is slow)
-    latency_s: float  # measured seconds at RATE, after latency_warm_up_s
-    latency_warm_up_s: float
-    sweep_events: int
-    sweep_warm_up: int
-    batch_sizes: tuple[int, ...]
-    replicas: tuple[int, ...]
-    rounds: int = 1  # throughput runs per contender; the better one is reported
-    memory_events: tuple[int, ...] = (100_000, 500_000)  # --memory: peak RSS up to each
-    memory_only: bool = False
+    name: str  # the results' file stem: latest (make bench), quick, custom
+    parts: tuple[str, ...] = DEFAULT_PARTS
+    contenders: tuple[str, ...] = tuple(LINE_UP)
+    latency_contenders: tuple[str, ...] = tuple(LINE_UP)
+    rounds: int = 3
+    window_s: float = 10.0  # measured seconds of each run, after warm_up_s
+    warm_up_s: float = 3.0  # from the (last replica's) first commit
+    # Records of each input: the fastest contender on it must not reach its end before its
+    # window closes (the run fails if one does). Two replicas at 96 partitions consume for
+    # ~12 s before both have committed, so that input is as long as the main one.
+    events: int = 800_000  # the main 6-partition input
+    sweep_events: int = 300_000  # the 24-partition input and the poison input
+    wide_events: int = 800_000  # the 96-partition input (sweep, failover and memory)
+    memory_marks: tuple[int, ...] = (100_000, 500_000)  # peak RSS up to each, at 96 partitions
+    latency_s: float = 30.0
+    latency_warm_up_s: float = 5.0
+    sweep_partitions: tuple[int, ...] = (6, 24, WIDEST)
+    wide_replicas: int = 2
+    failover_partitions: tuple[int, ...] = (6, WIDEST)
+    batch_sizes: tuple[int, ...] = (250, 1000, 2000, 4000)
     settings: dict[str, Any] = field(default_factory=dict)  # worker Settings overrides
 
     @property
     def results(self) -> Path:
         return services.ROOT / "bench" / "results"
 
+    def events_for(self, partitions: int, poison: bool) -> int:
+        if partitions == PARTITIONS and not poison:
+            return self.events
+        if partitions == WIDEST and not poison:
+            memory = max(self.memory_marks) if "memory" in self.parts else 0
+            return max(self.wide_events, memory)
+        return self.sweep_events
 
-FULL = Plan(
-    name="latest",
-    events=110_000,
-    warm_up=10_000,
-    naive_events=110_000,
-    latency_s=30,
-    latency_warm_up_s=5,
-    sweep_events=60_000,
-    sweep_warm_up=10_000,
-    batch_sizes=(50, 100, 250, 500, 1000, 2000, 4000),
-    replicas=(1, 2, 3),
-    rounds=2,
-)
-QUICK = Plan(
+
+FULL: Final = Plan(name="latest")
+QUICK: Final = Plan(
     name="quick",
-    events=22_000,
-    warm_up=2_000,
-    naive_events=6_000,
+    parts=("contenders", "latency"),
+    contenders=("ours-postgresql", "limit", "naive", "faststream"),
+    latency_contenders=("ours-postgresql",),
     latency_s=10,
     latency_warm_up_s=3,
-    sweep_events=8_000,
-    sweep_warm_up=2_000,
-    batch_sizes=(100, 500, 2000),
-    replicas=(1, 2, 3),
 )
 
 
-def workload_of(seed: int, events: int) -> Workload:
+def workload_of(seed: int, events: int, partitions: int, refused_share: float = 0.0) -> Workload:
     return Workload(
         seed=seed,
         events=events,
         duplicate_share=DUPLICATE_SHARE,
         sibling_share=SIBLING_SHARE,
         malformed_share=MALFORMED_SHARE,
-        partitions=PARTITIONS,
+        refused_share=refused_share,
+        partitions=partitions,
     )
+
+
+async def publish_in_batches(
+    producer: AIOKafkaProducer, topic: str, records: list[GeneratedRecord]
+) -> None:
+    """Publish in order, a record batch per partition at a time: about a fifth of the CPU of
+    `consumer.workload.publish`'s send() a record, which made loading the bench's millions
+    of records take minutes. One idempotent producer keeps each partition's order."""
+    builders: dict[int, Any] = {}
+    sent: list[asyncio.Future[Any]] = []
+    for record in records:
+        partition = record.partition
+        if partition is None:
+            raise ValueError("the bench's workloads name each record's partition")
+        builder = builders.get(partition)
+        if builder is None:
+            builder = builders[partition] = producer.create_batch()
+        if builder.append(key=record.key, value=record.value, timestamp=None) is None:
+            sent.append(await producer.send_batch(builder, topic, partition=partition))
+            builder = builders[partition] = producer.create_batch()
+            builder.append(key=record.key, value=record.value, timestamp=None)
+    for partition, builder in builders.items():
+        sent.append(await producer.send_batch(builder, topic, partition=partition))
+    await asyncio.gather(*sent)
 
 
 def _fresh_sqlite(path: Path) -> str:
@@ -123,7 +189,7 @@ class Bar:
         filled = int(share * self.WIDTH)
         rate = done / max(1e-9, now - self.started)
         line = (
-            f"{self.label:<24} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+            f"{self.label:<28} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
             f"{done:>9,}/{self.total:,} {rate:>8,.0f}/s"
         )
         sys.stderr.write(("\r" + line) if self.tty else (line + "\n"))
@@ -133,7 +199,7 @@ class Bar:
         if self.tty:
             sys.stderr.write("\n")
         if note:
-            sys.stderr.write(f"{'':<24} {note}\n")
+            sys.stderr.write(f"{'':<28} {note}\n")
         sys.stderr.flush()
 
 
@@ -142,7 +208,25 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
-# --------------------------------------------------------------------------- topics and data
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Input:
+    """A loaded input topic and what each of its offsets holds."""
+
+    name: str
+    partitions: int
+    refused_share: float
+    index: InputIndex
+    load_s: float
+
+    @property
+    def records(self) -> int:
+        return len(self.index)
+
+
+SEEDS: Final = {False: 2026, True: 77}  # the same stream at every partition count
 
 
 class Bench:
@@ -154,6 +238,8 @@ class Bench:
         self.run_id = uuid.uuid4().hex[:6]
         self.logs = RUN / "logs"
         self.admin = AIOKafkaAdminClient(bootstrap_servers=svc.bootstrap)
+        self.inputs: dict[tuple[int, bool], Input] = {}
+        self.runs_checked = 0
 
     def topic(self, stem: str) -> str:
         return f"bench.{stem}.{self.run_id}"
@@ -163,17 +249,51 @@ class Bench:
             [NewTopic(name=name, num_partitions=partitions, replication_factor=1) for name in names]
         )
 
-    async def load(self, topic: str, workload: Workload) -> None:
-        await self.create(topic)
-        bar = Bar(f"load {topic.split('.')[1]}", len(workload))
-        chunk = 5_000
-        for start in range(0, len(workload), chunk):
-            await publish(
-                workload.records(start, start + chunk), topic, bootstrap_servers=self.svc.bootstrap
-            )
-            bar.update(min(len(workload), start + chunk))
+    async def input(self, partitions: int, poison: bool = False) -> Input:
+        """The input topic of that shape, loaded on first use."""
+        key = (partitions, poison)
+        if key not in self.inputs:
+            self.inputs[key] = await self._load(partitions, poison)
+        return self.inputs[key]
+
+    async def _load(self, partitions: int, poison: bool, events: int | None = None) -> Input:
+        started = time.monotonic()
+        events = self.plan.events_for(partitions, poison) if events is None else events
+        share = POISON_SHARE if poison else 0.0
+        workload = workload_of(SEEDS[poison], events, partitions, refused_share=share)
+        name = self.topic(f"in-p{partitions}{'-poison' if poison else ''}-{events}")
+        await self.create(name, partitions=partitions)
+        index = InputIndex(partitions)
+        bar = Bar(f"load {name.split('.')[1]}", len(workload))
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.svc.bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            max_batch_size=512 * 1024,
+            max_request_size=8 * 1024 * 1024,
+        )
+        await producer.start()
+        try:
+            chunk = 20_000
+            for start in range(0, len(workload), chunk):
+                records = list(workload.records(start, start + chunk))
+                index.add(records)
+                await publish_in_batches(producer, name, records)
+                bar.update(min(len(workload), start + chunk))
+        finally:
+            await producer.stop()
         bar.close()
+        await self._check_loaded(name, index)
         await self.settle()
+        return Input(name, partitions, share, index, round(time.monotonic() - started, 1))
+
+    async def _check_loaded(self, name: str, index: InputIndex) -> None:
+        """The index is right only if each partition holds its records in publishing order
+        from offset 0, which one idempotent producer on a fresh topic guarantees (and, with
+        no transactions, each offset is a record)."""
+        ends = await end_offsets(self.svc.bootstrap, name)
+        if ends != index.ends():
+            raise BenchFailure(f"{name} ends at {ends}, but {index.ends()} records were loaded")
 
     async def settle(self, idle_share: float = 0.15, within_s: float = 30) -> None:
         """Wait until the broker has digested the load (writing out, collecting garbage).
@@ -190,20 +310,25 @@ class Bench:
                 return
             before = now
 
-    async def warm_broker(self, topic: str) -> None:
-        """An untimed passthrough over the start of the input, before anything is measured.
+    async def warm_broker(self) -> None:
+        """An untimed passthrough run over an input of its own, before anything is measured.
 
         The load uses no transactions, so the broker's JIT compiled its transaction paths
         during the first measured contender: 13.4 broker CPU-seconds for the worker's
         records, against 7.4 for the same records one contender later.
         """
-        records = min(2 * self.plan.warm_up, self.plan.events)
-        spec = await self.spec("limit", "broker-warm-up", topic, target=records)
-        _, bar = await self.run_to("broker-warm-up", [spec], records, label="broker warm-up")
-        bar.close()
+        source = await self._load(PARTITIONS, False, events=WARM_UP_EVENTS)
+        spec = await self.spec("limit", "broker-warm-up", source.name, target=source.records)
+        children = Children("broker-warm-up", [spec], self.logs)
+        await children.start()
+        try:
+            await children.wait(within_s=START_TIMEOUT_S + STOP_TIMEOUT_S)
+        finally:
+            children.kill()
+        say(f"broker warmed up ({children.done():,} records passed through)")
 
-    async def database(self, kind: str, name: str) -> str:
-        if kind == "sqlite":
+    async def database(self, store: str, name: str) -> str:
+        if store == "sqlite":
             return _fresh_sqlite(RUN / f"{name}.db")
         return await services.fresh_database(self.svc.postgres_url, name.replace("-", "_"))
 
@@ -212,10 +337,9 @@ class Bench:
         kind: Kind,
         name: str,
         input_topic: str,
-        target: int | None,
+        target: int | None = None,
         store: str = "postgresql",
         settings: dict[str, Any] | None = None,
-        database_url: str | None = None,
     ) -> Spec:
         output, dead = self.topic(f"{name}-out"), self.topic(f"{name}-dlq")
         await self.create(output)
@@ -227,290 +351,177 @@ class Bench:
             output_topic=output,
             dead_letter_topic=dead,
             group=f"{name}-{self.run_id}",
-            database_url=database_url or await self.database(store, f"{name}-{self.run_id}"),
+            database_url=await self.database(store, f"{name}-{self.run_id}"),
             target=target,
             settings={**self.plan.settings, **(settings or {})},
         )
 
-    # ----------------------------------------------------------------------- measurements
+    async def refuse_marked_ids(self, spec: Spec) -> None:
+        """Migrate the contender's database now and make it refuse the marked activations
+        (`consumer.workload.install_refusal`): the poison records of the poison input."""
+        store = await open_store(spec.database_url, migrate=True)
+        await store.close()
+        await install_refusal(spec.database_url)
 
-    async def run_to(
-        self, name: str, specs: list[Spec], records: int, label: str | None = None
-    ) -> tuple[Children, Bar]:
-        """Run contender processes until `records` input records are done, behind a progress
-        bar that the caller closes with its own note. Replicas (no target) are stopped there."""
-        children = Children(name, specs, self.logs)
-        bar = Bar(label or name, records)
+    async def check(
+        self, name: str, spec: Spec, source: Input, children: Children
+    ) -> dict[str, Any]:
+        result = await verify(
+            name=name,
+            kind=spec.kind,
+            admin=self.admin,
+            bootstrap=self.svc.bootstrap,
+            group=spec.group,
+            input_topic=spec.input_topic,
+            output_topic=spec.output_topic,
+            dead_letter_topic=spec.dead_letter_topic,
+            database_url=spec.database_url,
+            index=source.index,
+            done=sum((c.result or {}).get("done", 0) for c in children.children),
+            counts=children.counts(),
+            logs=children.log_paths(),
+        )
+        self.runs_checked += 1
+        return result
+
+    # ----------------------------------------------------------------------- one run
+
+    async def measure(self, config: Config, round_no: int) -> dict[str, Any]:
+        """One timed run of `config`: events/s over the window, then the check."""
+        plan = self.plan
+        source = await self.input(config.partitions, config.poison)
+        label = f"{config.name}-r{round_no + 1}"
+        spec = await self.spec(
+            config.kind, label, source.name, store=config.store, settings=config.settings
+        )
+        if config.poison:
+            await self.refuse_marked_ids(spec)
+        children = Children(label, [spec] * config.replicas, self.logs)
+        bar = Bar(label, source.records)
         children.on_sample = bar.update
-        if any(spec.target is None for spec in specs):
-            children.stop_at = records
+        before = machine.CpuSnapshot.take(self.svc.kafka_pid, self.svc.postgres_pid)
         await children.start()
         try:
-            await children.wait(within_s=120 + records / 150)
+            first = await children.first_commits(within_s=START_TIMEOUT_S)
+            start = first + plan.warm_up_s
+            end = start + plan.window_s
+            await children.run_until(end + 2 * SAMPLE_S, source.records)
+            after = machine.CpuSnapshot.take(self.svc.kafka_pid, self.svc.postgres_pid)
+            children.terminate()
+            await children.wait(within_s=STOP_TIMEOUT_S)
         finally:
             children.kill()
-        return children, bar
-
-    async def throughput(
-        self, name: str, specs: list[Spec], records: int, warm_up: int
-    ) -> dict[str, Any]:
-        """Run the contender(s) over `records` input records; events/s after `warm_up`."""
-        before = machine.CpuSnapshot.take(self.svc.kafka_pid, self.svc.postgres_pid)
-        children, bar = await self.run_to(name, specs, records)
-        after = machine.CpuSnapshot.take(self.svc.kafka_pid, self.svc.postgres_pid)
-        window = children.window(warm_up, records)
-        events_per_s = window.events_per_s
-        bar.close(f"{events_per_s:,.0f} events/s over {window.records:,} records")
+        window = children.window_between(start, end)
+        bar.close(
+            f"{window.events_per_s:,.0f} events/s over {window.end - window.start:.1f} s "
+            f"({window.records:,} records); checking"
+        )
+        checked = await self.check(label, spec, source, children)
         return {
-            "events_per_s": round(events_per_s, 1),
+            "round": round_no + 1,
+            "events_per_s": round(window.events_per_s, 1),
+            "window_s": round(window.end - window.start, 2),
             "measured_records": window.records,
-            "seconds": round(window.end - window.start, 2),
-            "cpu_s_per_10k": round(window.cpu_s / window.records * 10_000, 3),
+            "cpu_s_per_10k": round(window.cpu_s / max(1, window.records) * 10_000, 3),
             "peak_rss_mb": round(children.peak_rss_mb(), 1),
+            "first_commit_s": round(first - min(c.started_at for c in children.children), 2),
+            "input": source.name,
             "counts": children.counts(),
-            "replicas": len(specs),
+            "check": checked,
             **after.since(before),
         }
 
-    async def latency_at_rate(
-        self, kind: Kind, name: str, store: str = "postgresql"
-    ) -> dict[str, Any]:
-        """p50/p99 from input timestamp to read_committed visibility at RATE records a second."""
-        seconds = self.plan.latency_s + self.plan.latency_warm_up_s
-        workload = workload_of(4242, int(RATE * seconds))
-        records = list(workload.records())
-        input_topic = self.topic(f"{name}-lat-in")
-        await self.create(input_topic)
-        spec = await self.spec(kind, f"{name}-lat", input_topic, target=len(records), store=store)
-        children = Children(f"{name}@1k", [spec], self.logs)
-        say(f"{name}: {len(records):,} records at {RATE:,.0f}/s for latency")
-        await children.start()
-        try:
-            await children.ready(within_s=60)
-            result = await latency.measure(
-                self.svc.bootstrap,
-                input_topic,
-                spec.output_topic,
-                records,
-                rate=RATE,
-                warm_up_s=self.plan.latency_warm_up_s,
-                by_seq=kind == "limit",
-            )
-            try:
-                await children.wait(within_s=60 if result.complete else 1)
-            except RuntimeError:
-                if result.complete:
-                    raise
-                # A contender slower than RATE is still behind: its backlog is its latency.
-        finally:
-            children.kill()
-        state = "" if result.complete else f" ({result.samples:,}/{result.expected:,} seen)"
-        say(f"{name}: p50 {result.p50_ms:,.1f} ms, p99 {result.p99_ms:,.1f} ms at 1k/s{state}")
-        return {
-            "p50_ms": round(result.p50_ms, 1),
-            "p90_ms": round(result.p90_ms, 1),
-            "p99_ms": round(result.p99_ms, 1),
-            "max_ms": round(result.max_ms, 1),
-            "samples": result.samples,
-            "expected": result.expected,
-            "complete": result.complete,
-            "sent_per_s": round(result.sent_per_s, 1),
-            "peak_rss_mb": round(children.peak_rss_mb(), 1),
-        }
+
+# --------------------------------------------------------------------------- the run
 
 
-def check(name: str, counts: dict[str, int], expectation: Expectation) -> bool:
-    """The worker applied each distinct activation once and accounted for every record."""
-    kinds = expectation.kinds
-    wanted = {
-        "applied": expectation.distinct,
-        "duplicates": kinds.get("duplicate", 0),
-        "skipped": kinds.get("sibling", 0),
-        "dead_lettered": kinds.get("malformed", 0),
-    }
-    wrong = {k: (counts.get(k, 0), v) for k, v in wanted.items() if counts.get(k, 0) != v}
-    if wrong:
-        say(f"WARNING: {name} counts differ from the workload (got, wanted): {wrong}")
-    return not wrong
+async def run(plan: Plan, command: str) -> dict[str, Any]:
+    from bench import failover, parts
 
-
-LINE_UP: tuple[tuple[str, Kind, str], ...] = (
-    ("ours-postgresql", "ours", "postgresql"),
-    ("ours-sqlite", "ours", "sqlite"),
-    ("limit", "limit", "postgresql"),
-    ("naive", "naive", "postgresql"),
-)
-
-
-async def contenders(bench: Bench, expectation: Expectation, topic: str) -> dict[str, Any]:
-    """Each contender's throughput over the same topic, in `plan.rounds` rounds.
-
-    A contender's figure can move by a fifth from one minute to the next on this VM (the
-    limit measured 23,834 and 31,793 events/s four minutes apart in one run), so with two
-    rounds each contender runs twice, in reverse order the second time, and its better
-    round is reported; every round's figure is kept in `rounds_events_per_s`.
-    """
-    plan = bench.plan
-    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in LINE_UP}
-    for round_ in range(plan.rounds):
-        for name, kind, store in LINE_UP if round_ % 2 == 0 else LINE_UP[::-1]:
-            label = name if plan.rounds == 1 else f"{name}-r{round_ + 1}"
-            records = plan.naive_events if kind == "naive" else plan.events
-            spec = await bench.spec(kind, label, topic, target=records, store=store)
-            result = await bench.throughput(label, [spec], records, plan.warm_up)
-            if kind == "ours":
-                result["verified"] = check(label, result["counts"], expectation)
-            rounds[name].append(result)
-    found: dict[str, Any] = {}
-    for name, results in rounds.items():
-        best = dict(max(results, key=lambda result: float(result["events_per_s"])))
-        if "verified" in best:
-            best["verified"] = all(result["verified"] for result in results)
-        best["rounds_events_per_s"] = [result["events_per_s"] for result in results]
-        found[name] = best
-    return found
-
-
-async def sweeps(bench: Bench) -> dict[str, Any]:
-    plan = bench.plan
-    workload = workload_of(99, plan.sweep_events)
-    topic = bench.topic("sweep-in")
-    await bench.load(topic, workload)
-    by_batch: dict[str, Any] = {"ours-postgresql": {}, "limit": {}}
-    for size in plan.batch_sizes:
-        for name, kind in (("ours-postgresql", "ours"), ("limit", "limit")):
-            label = f"{name}-b{size}"
-            spec = await bench.spec(
-                kind,  # type: ignore[arg-type]
-                label,
-                topic,
-                target=plan.sweep_events,
-                settings={"batch_max_records": size},
-            )
-            result = await bench.throughput(label, [spec], plan.sweep_events, plan.sweep_warm_up)
-            by_batch[name][str(size)] = result["events_per_s"]
-    by_replicas: dict[str, float] = {}
-    for count in plan.replicas:
-        label = f"ours-postgresql-x{count}"
-        first = await bench.spec("ours", label, topic, target=None)
-        specs = [first] * count  # same group, database and topics: replicas of one service
-        result = await bench.throughput(label, specs, plan.sweep_events, plan.sweep_warm_up)
-        by_replicas[str(count)] = result["events_per_s"]
-    return {"events": plan.sweep_events, "by_batch_size": by_batch, "by_replicas": by_replicas}
-
-
-async def memory(bench: Bench) -> dict[str, Any]:
-    """Resident memory of one worker over a long input: it must not grow with events."""
-    counts = bench.plan.memory_events
-    total = max(counts)
-    workload = workload_of(5, total)
-    topic = bench.topic("memory-in")
-    await bench.load(topic, workload)
-    spec = await bench.spec("ours", "ours-memory", topic, target=total)
-    children, bar = await bench.run_to("ours-memory", [spec], total)
-    bar.close()
-    peaks = {str(n): round(children.rss_at(n), 1) for n in counts}
-    first, last = peaks[str(min(counts))], peaks[str(total)]
-    growth = (last - first) / first if first else 0.0
-    window = children.window(min(counts), total)
-    say(f"memory: peak RSS {peaks} MB; growth {growth:+.1%}")
-    return {
-        "peak_rss_mb_after": peaks,
-        "growth": round(growth, 4),
-        "peak_rss_mb": round(children.peak_rss_mb(), 1),  # the process's VmHWM at exit
-        "events_per_s": round(window.events_per_s, 1),
-        "counts": children.counts(),
-    }
-
-
-async def run(plan: Plan) -> dict[str, Any]:
     started = time.monotonic()
     load_before = machine.load_average()
     if load_before[0] > 0.5:
         say(f"the machine is busy (load {load_before[0]:.2f}): numbers will be noisy")
     shutil.rmtree(RUN / "logs", ignore_errors=True)
+    results: dict[str, Any] = {}
+    timings: dict[str, float] = {}
     with services.running(durable=True) as svc:
         bench = Bench(plan, svc)
         await bench.admin.start()
         try:
-            if plan.memory_only:
-                memory_result = await memory(bench)
-                return {
-                    "memory": memory_result,
-                    "postgresql_durable": svc.durable,
-                    "machine": _machine(load_before),
-                    "plan": plan.name,
-                    "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "duration_s": round(time.monotonic() - started, 1),
-                }
-            workload = workload_of(2026, plan.events)
-            topic = bench.topic("input")
-            await bench.load(topic, workload)
-            await bench.warm_broker(topic)
-            expectation = workload.expectation()
-            results = await contenders(bench, expectation, topic)
-            latencies: dict[str, Any] = {}
-            for name, kind, store in LINE_UP:
-                latencies[name] = await bench.latency_at_rate(kind, name, store)
-            swept = await sweeps(bench)
+            await bench.warm_broker()
+            steps = {
+                "contenders": parts.contenders,
+                "latency": parts.latency,
+                "sweep": parts.sweeps,
+                "failover": failover.failover,
+                "memory": parts.memory,
+                "batch": parts.batch_sizes,
+            }
+            for part in PARTS:
+                if part in plan.parts:
+                    part_started = time.monotonic()
+                    say(f"part {part}")
+                    results[part] = await steps[part](bench)
+                    timings[part] = round(time.monotonic() - part_started, 1)
         finally:
             await bench.admin.close()
-    for name, at_rate in latencies.items():
-        results[name]["latency_at_1k"] = at_rate
-    return summary(plan, results, swept, load_before, started, svc, workload)
-
-
-def summary(
-    plan: Plan,
-    results: dict[str, Any],
-    swept: dict[str, Any],
-    load_before: tuple[float, float, float],
-    started: float,
-    svc: Services,
-    workload: Workload,
-) -> dict[str, Any]:
-    ours = results["ours-postgresql"]
-    sample = [len(r.value or b"") for r in workload.records(0, 1_000)]
+        inputs = {
+            f"p{key[0]}{'-poison' if key[1] else ''}": {
+                "topic": value.name,
+                "partitions": value.partitions,
+                "records": value.records,
+                "refused_share": value.refused_share,
+                "load_s": value.load_s,
+            }
+            for key, value in bench.inputs.items()
+        }
+        durable, runs_checked = svc.durable, bench.runs_checked
     return {
-        "events_per_s": ours["events_per_s"],
-        "limit_events_per_s": results["limit"]["events_per_s"],
-        "naive_events_per_s": results["naive"]["events_per_s"],
-        "p50_ms_at_1k": ours["latency_at_1k"]["p50_ms"],
-        "p99_ms_at_1k": ours["latency_at_1k"]["p99_ms"],
-        "cpu_s_per_10k": ours["cpu_s_per_10k"],
-        "peak_rss_mb": ours["peak_rss_mb"],
-        "sqlite_events_per_s": results["ours-sqlite"]["events_per_s"],
-        "ratio_to_limit": round(ours["events_per_s"] / results["limit"]["events_per_s"], 3),
-        "ratio_to_naive": round(ours["events_per_s"] / results["naive"]["events_per_s"], 1),
-        "contenders": results,
-        "sweeps": swept,
+        "format": 2,
+        "plan": plan.name,
+        "command": command,
+        "parts": [part for part in PARTS if part in plan.parts],
+        "method": {
+            "rounds": plan.rounds,
+            "window_s": plan.window_s,
+            "warm_up_s": plan.warm_up_s,
+            "sample_s": SAMPLE_S,
+        },
+        **results,
         "workload": {
-            "records": plan.events,
-            "warm_up": plan.warm_up,
-            "naive_records": plan.naive_events,
-            "partitions": PARTITIONS,
             "duplicate_share": DUPLICATE_SHARE,
             "sibling_share": SIBLING_SHARE,
             "malformed_share": MALFORMED_SHARE,
-            "mean_value_bytes": round(sum(sample) / len(sample)),
+            "poison_share": POISON_SHARE,
+            "mean_value_bytes": _mean_value_bytes(),
             "latency_rate_per_s": RATE,
             "latency_seconds": plan.latency_s,
+            "settings": plan.settings,
+            "session_timeout_ms": int(
+                plan.settings.get(
+                    "session_timeout_ms", Settings.model_fields["session_timeout_ms"].default
+                )
+            ),
         },
-        "postgresql_durable": svc.durable,
-        "machine": _machine(load_before),
-        "plan": plan.name,
+        "inputs": inputs,
+        "checked_runs": runs_checked,
+        "postgresql_durable": durable,
+        "machine": {
+            **machine.describe(),
+            "load_before": [round(v, 2) for v in load_before],
+            "load_after": [round(v, 2) for v in machine.load_average()],
+        },
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "timings_s": timings,
         "duration_s": round(time.monotonic() - started, 1),
     }
 
 
-def _machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
-    return {
-        **machine.describe(),
-        "load_before": [round(v, 2) for v in load_before],
-        "load_after": [round(v, 2) for v in machine.load_average()],
-    }
+def _mean_value_bytes() -> int:
+    sample = [len(r.value or b"") for r in workload_of(2026, 1_000, PARTITIONS).records()]
+    return round(sum(sample) / len(sample))
 
 
-def main(plan: Plan) -> dict[str, Any]:
-    return asyncio.run(run(plan))
+def main(plan: Plan, command: str) -> dict[str, Any]:
+    return asyncio.run(run(plan, command))
