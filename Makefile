@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: all install lint typecheck test pytest kafka-up kafka-down pg-up pg-down toxiproxy-up toxiproxy-down demo bench bench-quick chaos schemas clean
+.PHONY: all install lint typecheck test pytest kafka-up kafka-down pg-up pg-down toxiproxy-up toxiproxy-down demo bench bench-quick bench-docs chaos schemas clean
 
 all: test
 
@@ -43,8 +43,10 @@ demo: install
 chaos: install
 	$(BIN)/python -m tests.chaos $(ARGS)
 
-# Performance (issue #7): starts its own broker (port 39092) and PostgreSQL, measures the
-# worker against the passthrough ceiling and a naive loop, stops both. README "Performance".
+# Performance (docs/performance.md): starts its own broker (BENCH_KAFKA_PORT, 39092) and
+# PostgreSQL, measures the worker against the passthrough ceiling, a naive loop and a FastStream
+# job in interleaved rounds, checks every run's outputs, stops both. A full run also rewrites
+# the generated blocks of docs/performance.md and the README; bench-docs does only that.
 $(VENV)/.bench-extra: pyproject.toml $(BIN)/loyalty-consumer
 	$(BIN)/pip install -q -e ".[dev,bench]"
 	@touch $@
@@ -54,6 +56,9 @@ bench: $(VENV)/.bench-extra
 
 bench-quick: $(VENV)/.bench-extra
 	$(BIN)/python -m bench --quick $(ARGS)
+
+bench-docs: install
+	$(BIN)/python -m bench.docs $(ARGS)
 
 kafka-up:
 	bash scripts/kafka.sh up
