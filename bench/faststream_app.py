@@ -4,7 +4,10 @@ One `@broker.subscriber` handler a message, in a consumer group, committed after
 returns (`AckPolicy.ACK`: the documentation's setting for at-least-once; its default,
 `ACK_FIRST`, auto-commits before the work is done and is at most once). The handler
 validates the value with the project's own `classify` (as the naive loop does, so the
-comparison is about the framework's loop, not the validator), writes the ledger row and the
+comparison is about the framework's loop, not the validator). A custom decoder (a documented
+FastStream hook) hands it the value's bytes: by default FastStream parses every JSON body
+before the handler runs, which a real application would use instead of a second parse,
+and which cost ~1 ms a 4.6 KB value here. The handler then writes the ledger row and the
 card in one PostgreSQL transaction (`ON CONFLICT (transaction_id) DO NOTHING`, the card's
 reported figures from its newest transaction, as our store keeps them), then publishes the
 notification with the worker's bytes through `broker.publisher`, or the record to the
@@ -134,6 +137,7 @@ class FastStreamJob:
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.ACK,
             listener=_Ready(self.progress),
+            decoder=_value_bytes,
         )(self.handle)
 
     async def connect(self) -> None:
@@ -145,8 +149,8 @@ class FastStreamJob:
         if self.pool is not None:
             await self.pool.close()
 
-    async def handle(self, msg: KafkaMessage) -> None:
-        verdict = classify(msg.body)
+    async def handle(self, body: bytes, msg: KafkaMessage) -> None:
+        verdict = classify(body)
         if isinstance(verdict, Apply):
             await self.apply(verdict, msg)
         elif isinstance(verdict, Invalid):
@@ -195,6 +199,11 @@ class FastStreamJob:
             value, key=key, headers={name: raw.decode() for name, raw in headers}
         )
         self.counts["applied"] += 1
+
+
+async def _value_bytes(msg: KafkaMessage) -> bytes:
+    """The decoder: the record's value as it is (`classify` parses it)."""
+    return bytes(msg.body)
 
 
 def _record(msg: KafkaMessage) -> Any:
