@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import machine, services
 from bench.children import Children
-from bench.contender import Kind, Spec
+from bench.contender import PROGRESS_EVERY_S, Kind, Spec
 from bench.expect import InputIndex
 from bench.services import RUN, Services
 from bench.verify import BenchFailure, end_offsets, verify
@@ -40,9 +40,9 @@ SIBLING_SHARE: Final = 0.02
 MALFORMED_SHARE: Final = 0.005
 POISON_SHARE: Final = 0.001  # valid activations the store refuses, in the poison sweep
 RATE: Final = 1_000.0  # records a second for the latency measurement
-START_TIMEOUT_S: Final = 180.0  # to the first commit; 96 transactional producers take a while
+START_TIMEOUT_S: Final = 180.0  # to the first commit: imports, the group, producers, a busy VM
 STOP_TIMEOUT_S: Final = 90.0  # from SIGTERM to exit: the batch in flight, then leaving
-SAMPLE_S: Final = 0.1  # how often a contender reports (bench.contender.PROGRESS_EVERY_S)
+SAMPLE_S: Final = PROGRESS_EVERY_S  # how often a contender reports
 WARM_UP_EVENTS: Final = 40_000
 
 PARTS: Final = ("contenders", "latency", "sweep", "failover", "memory", "batch")

@@ -103,6 +103,8 @@ def test_a_failed_check_exits_non_zero_and_writes_nothing(
         raise BenchFailure("ours-postgresql-r1: outputs 79 (wanted 80)")
 
     monkeypatch.setattr(run, "main", failing)
+    # The CLI points structlog at the stderr of the moment: here, a capture closed after the test.
+    monkeypatch.setattr(cli.logs, "configure", lambda *args: None)
     monkeypatch.setattr(run.Plan, "results", property(lambda plan: tmp_path))
     monkeypatch.setattr(sys, "argv", ["bench", "--part", "contenders"])
 
