@@ -12,6 +12,7 @@ import pytest
 from bench import __main__ as cli
 from bench import docs, report, run
 from bench.verify import BenchFailure
+from consumer import logs
 
 # The results of a reduced run of every part but `batch` (`python -m bench --part contenders
 # ... --rounds 3 --window-s 2`), as bench/run.py wrote them.
@@ -104,7 +105,7 @@ def test_a_failed_check_exits_non_zero_and_writes_nothing(
 
     monkeypatch.setattr(run, "main", failing)
     # The CLI points structlog at the stderr of the moment: here, a capture closed after the test.
-    monkeypatch.setattr(cli.logs, "configure", lambda *args: None)
+    monkeypatch.setattr(logs, "configure", lambda *args: None)
     monkeypatch.setattr(run.Plan, "results", property(lambda plan: tmp_path))
     monkeypatch.setattr(sys, "argv", ["bench", "--part", "contenders"])
 
