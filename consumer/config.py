@@ -85,7 +85,13 @@ class Settings(BaseSettings):
     webhook_signature_header: str = Field(DEFAULT_SIGNATURE_HEADER, min_length=1)
 
     @model_validator(mode="after")
-    def _security_is_complete(self) -> Settings:
+    def _consistent(self) -> Settings:
+        self._security_is_complete()
+        self._webhook_secrets_are_usable()
+        self._timing_is_consistent()
+        return self
+
+    def _security_is_complete(self) -> None:
         uses_sasl = self.kafka_security_protocol.startswith("SASL_")
         if uses_sasl:
             if self.kafka_sasl_mechanism is None:
@@ -113,7 +119,8 @@ class Settings(BaseSettings):
             path: Path | None = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{name.upper()}: no readable file at {path}")
-        self._webhook_secrets_are_usable()
+
+    def _timing_is_consistent(self) -> None:
         if self.retry_initial_s > self.retry_max_s:
             raise ValueError("RETRY_INITIAL_S: must not exceed RETRY_MAX_S")
         if self.kafka_transaction_timeout_ms <= self.retry_attempt_timeout_s * 1000:
@@ -123,7 +130,6 @@ class Settings(BaseSettings):
             )
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
             raise ValueError("HEARTBEAT_INTERVAL_MS: must be at most a third of SESSION_TIMEOUT_MS")
-        return self
 
     def _webhook_secrets_are_usable(self) -> None:
         current = self._webhook_secret("voucherify_webhook_secret")
