@@ -1,110 +1,102 @@
-"""Contender `limit`: consume → transactional produce with nothing in between.
+"""Contender `limit`: the worker itself, with parsing, validation and the store taken out.
 
-The same consumer and producer settings as the worker (built by `consumer.kafka` from the
-same `Settings`), the same `getmany` batching, one transactional producer per input
-partition, offsets in each partition's transaction, outputs queued as record batches as the
-worker queues them (`consumer.kafka.send_in_batches`), the same garbage-collector tuning
-(`consumer.runtime`). No decoding, no validation, no database:
-the ceiling that aiokafka allows for exactly-once Kafka to Kafka on this machine.
+The real `Worker`: the same intake (poll, top-up, admission), the same look-ahead and event
+loop turns, the same one transactional producer and one Kafka transaction a batch (offsets
+fenced by generation), the same retries and telemetry, the same garbage-collector tuning.
+Only its two steps that parse and store are replaced: each input record becomes one output
+the size of our notification (its key, the first bytes of its value, the headers a
+notification carries), with no decoding, no validation and no database. What is left is
+everything ours does except what is ours to do: the ceiling for this job on this machine.
+
+The two steps are the worker's private methods, overridden on purpose: this is a bench
+contender, not an extension point (tests/test_bench.py runs it against the real broker).
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+import orjson
 
 from bench.contender import Progress, Spec, until_stopped
-from bench.ours import settings_for
-from consumer import kafka
+from bench.ours import COMMITTED, settings_for
 from consumer.config import Settings
-from consumer.planning import Output
+from consumer.errors import EpochEnded
+from consumer.events import Apply, classify
+from consumer.metrics import Metrics
+from consumer.planning import Output, Plan, Step
 from consumer.runtime import tune_garbage_collector
+from consumer.store import Store, open_store
+from consumer.transform import notification_record
+from consumer.worker import DECIDE_SLICE, Worker
+from consumer.workload import activation_payload
 
 
-class Passthrough:
-    """Copies every input record (key, value, headers) to the output topic."""
-
-    def __init__(self, settings: Settings, target: int | None) -> None:
-        self.settings = settings
-        self.done = 0
-        self.stopping = asyncio.Event()
-        self.progress = Progress(target, self.stopping.set)
-        self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
-        self.opening: dict[TopicPartition, asyncio.Future[AIOKafkaProducer]] = {}
-
-    async def open(self, partitions: set[TopicPartition]) -> None:
-        await asyncio.gather(*(self.producer_for(tp) for tp in partitions))
-        self.progress.ready()
-
-    async def producer_for(self, tp: TopicPartition) -> AIOKafkaProducer:
-        # getmany may hand out records before the assignment callback has opened them all;
-        # whoever asks first starts it, the other waits for the same start.
-        if tp not in self.opening:
-            self.opening[tp] = asyncio.ensure_future(self._start(tp))
-        return await asyncio.shield(self.opening[tp])
-
-    async def _start(self, tp: TopicPartition) -> AIOKafkaProducer:
-        transactional_id = f"{self.settings.transactional_id_prefix}.{tp.topic}.{tp.partition}"
-        producer = kafka.producer(self.settings, transactional_id=transactional_id)
-        await producer.start()
-        self.producers[tp] = producer
-        return producer
-
-    async def close(self, partitions: set[TopicPartition]) -> None:
-        for tp in partitions:
-            self.opening.pop(tp, None)
-        closing = [self.producers.pop(tp) for tp in partitions if tp in self.producers]
-        await asyncio.gather(*(p.stop() for p in closing))
-
-    async def run(self) -> None:
-        consumer = kafka.input_consumer(self.settings)
-        consumer.subscribe([self.settings.input_topic], listener=_Listener(self))
-        await consumer.start()
-        try:
-            while not self.stopping.is_set():
-                polled = await consumer.getmany(
-                    timeout_ms=self.settings.batch_max_wait_ms,
-                    max_records=self.settings.batch_max_records,
-                )
-                batches = [(tp, records) for tp, records in polled.items() if records]
-                await asyncio.gather(*(self.commit(tp, records) for tp, records in batches))
-                self.done += sum(len(records) for _, records in batches)
-        finally:
-            await self.close(set(self.producers))
-            await consumer.stop()
-
-    async def commit(self, tp: TopicPartition, records: list[Any]) -> None:
-        producer = await self.producer_for(tp)
-        topic = self.settings.notification_topic
-        await producer.begin_transaction()
-        # The worker's way of producing: one record batch per output partition.
-        sent: list[asyncio.Future[Any]] = []
-        outputs = [Output(topic, r.key, r.value, list(r.headers)) for r in records]
-        await kafka.send_in_batches(producer, outputs, sent)
-        # The worker's order: offsets once the outputs are acknowledged (see its _transaction).
-        await asyncio.gather(*sent)
-        await producer.send_offsets_to_transaction(
-            {tp: records[-1].offset + 1}, self.settings.consumer_group
-        )
-        await producer.commit_transaction()
+def _notification_shape() -> tuple[int, list[tuple[str, bytes]]]:
+    """The size of a notification's value, and its headers, for a typical activation."""
+    document = activation_payload(
+        "vtx_0ff34b9df109a39357",
+        voucher_id="v_bITntTcyfRHPvrOMgwdQVSlShsWRZu4v",
+        customer_id="cust_KiZa6C6R30sgqqpU76o6B7u0",
+        points=23,
+        balance=23,
+        pending=46,
+        created_at=datetime(2025, 1, 8, 14, 8, 34, tzinfo=UTC),
+    )
+    verdict = classify(orjson.dumps(document))
+    assert isinstance(verdict, Apply)
+    _key, value, headers = notification_record(verdict.activation)
+    return len(value), headers
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, passthrough: Passthrough) -> None:
-        self._passthrough = passthrough
+class PassthroughWorker(Worker):
+    """Our loop and transactions; each record copied, cut to a notification's size."""
 
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._passthrough.close(revoked)
+    def __init__(self, settings: Settings, store: Store, *, metrics: Metrics) -> None:
+        super().__init__(settings, store, metrics=metrics)
+        self._size, self._headers = _notification_shape()
 
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._passthrough.open(assigned)
+    async def _next_plan(self) -> Plan | None:
+        assert self._intake is not None
+        polled = await self._intake.poll()
+        if polled is None:
+            return None
+        epoch, partitions = polled
+        steps = []
+        for _tp, records in partitions:
+            for record in records:
+                steps.append(Step(record))
+                if len(steps) % DECIDE_SLICE == 0:
+                    await asyncio.sleep(0)  # the same turns as ours gives a committing batch
+        return Plan(epoch, steps)
+
+    async def _apply(self, plan: Plan) -> None:
+        assert self._committer is not None
+        if not self.ownership.holds(plan.epoch):
+            raise EpochEnded("its epoch ended before it was applied")
+        topic, size, headers = self.settings.notification_topic, self._size, self._headers
+        outputs = [Output(topic, r.key, (r.value or b"")[:size], headers) for r in plan.records()]
+        await self._committer.commit(plan, outputs)
+        plan.counts["passed"] = len(plan)
 
 
 async def run_passthrough(spec: Spec) -> dict[str, Any]:
     settings = settings_for(spec)
-    passthrough = Passthrough(settings, spec.target)
+    store = await open_store("sqlite:///:memory:", migrate=True)  # never written
+    metrics = Metrics()
+    worker = PassthroughWorker(settings, store, metrics=metrics)
+    progress = Progress(spec.target, worker.stop)
     tune_garbage_collector(settings.gc_gen0_threshold)  # the same process tuning as ours
-    await until_stopped(passthrough.run(), passthrough.progress, lambda: passthrough.done)
-    return {"done": passthrough.done, "counts": {"passed": passthrough.done}}
+
+    def done() -> int:
+        if worker.health.assigned:
+            progress.ready()
+        return int(metrics.value(COMMITTED))
+
+    try:
+        await until_stopped(asyncio.ensure_future(worker.run()), progress, done)
+    finally:
+        await store.close()
+    return {"done": done(), "counts": {"passed": done()}}

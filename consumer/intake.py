@@ -10,6 +10,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError
 
+from consumer import kafka
 from consumer.config import Settings
 from consumer.ownership import Epoch, Ownership
 from consumer.planning import Record
@@ -102,6 +103,15 @@ class Intake:
                 self._consumer.seek(tp, offset)
                 self._next[tp] = offset
         self._resume(positions)
+
+    def size_fetches(self, partitions: int) -> None:
+        """Share the fetch buffer out among the partitions assigned, so that memory stays
+        bounded however many there are. aiokafka internals: its Fetcher reads
+        `_max_partition_fetch_bytes` each time it builds a fetch request (tests/test_intake.py
+        checks that the attribute is there and is used)."""
+        self._consumer._fetcher._max_partition_fetch_bytes = kafka.fetch_bytes_per_partition(
+            partitions
+        )
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         for tp in partitions:

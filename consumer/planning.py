@@ -68,6 +68,7 @@ class Plan:
     counts: Counter[str] = field(default_factory=Counter)  # outcomes, once committed
     stored: BatchResult | None = None  # what the store decided, once it committed
     trace: BatchTrace | None = None  # when tracing is on
+    _offsets: dict[TopicPartition, int] | None = None
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -77,11 +78,13 @@ class Plan:
 
     def offsets(self) -> dict[TopicPartition, int]:
         """The offset to commit for each partition: after its last record here."""
-        ends: dict[TopicPartition, int] = {}
-        for step in self.steps:
-            record = step.record
-            ends[TopicPartition(record.topic, record.partition)] = int(record.offset) + 1
-        return ends
+        if self._offsets is None:
+            ends: dict[tuple[str, int], int] = {}
+            for step in self.steps:
+                record = step.record
+                ends[record.topic, record.partition] = record.offset + 1
+            self._offsets = {TopicPartition(*where): end for where, end in ends.items()}
+        return self._offsets
 
     def split(self) -> tuple[Plan, Plan]:
         """Two halves; each partition's records in the first precede its records in the

@@ -368,6 +368,7 @@ class Worker:
         epoch = self.ownership.begin(member, assigned)
         assert self._intake is not None
         self._intake.pause(assigned)
+        self._intake.size_fetches(len(assigned))
         self._establishing = asyncio.create_task(self._establish(epoch, set(assigned)))
         self.telemetry.assigned(assigned)
 
