@@ -1,10 +1,12 @@
-"""The fetching side of the pipeline: poll and top up, admit only records of the current
-epoch from where its work starts, pause and resume, and tell when the input is drained."""
+"""The fetching side of the pipeline: where each partition's work starts, polling and
+topping up, admitting only records of the current epoch from there, pausing and resuming,
+and telling when the input is drained."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -12,8 +14,10 @@ from aiokafka.errors import IllegalStateError
 
 from consumer import kafka
 from consumer.config import Settings
+from consumer.kip447 import StableOffsets
 from consumer.ownership import Epoch, Ownership
 from consumer.planning import Record
+from consumer.retrier import Retrier
 
 __all__ = ["Intake", "Polled"]
 
@@ -21,6 +25,9 @@ log = structlog.get_logger("consumer.intake")
 
 # How long a batch waits for records that reached the broker while the last one committed.
 TOP_UP_WAIT_MS = 20
+# Reading positions usually takes milliseconds; cancelled while aiokafka opens a
+# connection, it would leave that connection open, so a stop waits this long first.
+POSITIONING_GRACE_S = 5.0
 
 Polled = tuple[Epoch, list[tuple[TopicPartition, list[Record]]]]
 
@@ -29,12 +36,20 @@ class Intake:
     """Wraps the group consumer for the loop. Owns where each partition's next fetch must
     start (`_next`): records before it (fetched from a stale position) are never admitted."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, settings: Settings, ownership: Ownership):
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        settings: Settings,
+        ownership: Ownership,
+        retrier: Retrier | None = None,
+    ) -> None:
         self._consumer = consumer
         self._settings = settings
         self._ownership = ownership
+        self._retrier = retrier
         self._next: dict[TopicPartition, int] = {}
         self._held = False  # paused while the infrastructure is retried
+        self._positioning: asyncio.Task[None] | None = None
 
     async def poll(self) -> Polled | None:
         """The next records, per partition in offset order, and the epoch they belong to."""
@@ -95,6 +110,60 @@ class Intake:
         return merged
 
     # -- positions --------------------------------------------------------------------------
+
+    def assigned(self, epoch: Epoch, partitions: Collection[TopicPartition]) -> None:
+        """New partitions: nothing of them until their positions are read (in a task: the
+        assignment callback must not wait, aiokafka sends no heartbeats during it)."""
+        self.pause(partitions)
+        self.size_fetches(len(partitions))
+        self._positioning = asyncio.create_task(self._position(epoch, set(partitions)))
+
+    def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        if self._positioning is not None:
+            self._positioning.cancel()
+            self._positioning = None
+        self.forget(partitions)
+
+    def raise_if_positioning_failed(self) -> None:
+        """Reading positions failed for a reason retrying cannot fix (authorization, a broker
+        too old): without positions the partitions never resume, so the worker must stop."""
+        task = self._positioning
+        if task is not None and task.done() and not task.cancelled():
+            self._positioning = None
+            task.result()
+
+    async def close(self) -> None:
+        if self._positioning is not None:
+            await asyncio.wait([self._positioning], timeout=POSITIONING_GRACE_S)
+            self._positioning.cancel()
+
+    async def _position(self, epoch: Epoch, partitions: set[TopicPartition]) -> None:
+        """Read where each partition's work starts, then fetch it from there.
+
+        The group's committed offsets are read stable: a transaction still pending (the
+        previous owner's last one) holds them back until its markers land.
+        """
+        consumer = self._consumer
+        # aiokafka internals: the consumer's client reaches the group coordinator.
+        offsets = StableOffsets(consumer._client, self._settings.consumer_group)
+
+        async def read() -> dict[TopicPartition, int]:
+            timeout_s = self._settings.retry_attempt_timeout_s
+            committed = await offsets.read(partitions, timeout_s=timeout_s)
+            found = {tp: offset for tp, offset in committed.items() if offset is not None}
+            if missing := [tp for tp in committed if tp not in found]:
+                # Nothing committed yet: from the start (auto_offset_reset=earliest).
+                found.update(await consumer.beginning_offsets(missing))
+            return found
+
+        assert self._retrier is not None
+        positions = await self._retrier.call("broker", read, bounded=False)
+        if self._ownership.established(epoch, positions):
+            self.start_at(positions)
+            log.info(
+                "partitions.positioned",
+                positions={tp.partition: offset for tp, offset in sorted(positions.items())},
+            )
 
     def start_at(self, positions: dict[TopicPartition, int]) -> None:
         """Fetch these partitions from these offsets on, and resume them."""

@@ -146,6 +146,26 @@ _FENCED = (
 )
 
 
+def require_topics(settings: Settings, existing: Iterable[str]) -> None:
+    """Refuse to start, naming the variables, unless our three topics exist."""
+    present = set(existing)
+    missing = [
+        f"{name} ({variable})"
+        for variable, name in (
+            ("INPUT_TOPIC", settings.input_topic),
+            ("NOTIFICATION_TOPIC", settings.notification_topic),
+            ("DEAD_LETTER_TOPIC", settings.dead_letter_topic),
+        )
+        if name not in present
+    ]
+    if missing:
+        raise ConfigurationError(
+            f"topic(s) missing on {settings.kafka_bootstrap_servers}: "
+            + ", ".join(missing)
+            + ". Create them, or point the variable(s) at existing topics."
+        )
+
+
 def as_consumer_error(exc: BaseException) -> BaseException:
     """An aiokafka, asyncio or OS error in the project's terms, so callers branch once:
     Fenced (drop the batch), BrokerUnavailable (retry: the link or the broker failed), or

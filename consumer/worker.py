@@ -15,13 +15,13 @@ from aiokafka.errors import KafkaError
 from consumer import kafka
 from consumer.committer import AtLeastOnceCommitter, Committer, TransactionalCommitter
 from consumer.config import Settings
-from consumer.errors import BatchRefused, ConfigurationError, EpochEnded, Fenced
+from consumer.errors import BatchRefused, EpochEnded, Fenced
 from consumer.events import NATIVE_SHAPE_CHECKS
 from consumer.intake import Intake, Polled
 from consumer.isolation import Isolation
 from consumer.kip447 import StableOffsets, member_of
 from consumer.metrics import Metrics
-from consumer.ownership import Epoch, Ownership
+from consumer.ownership import Ownership
 from consumer.planning import Plan, classify_record
 from consumer.retrier import Cause, Retrier
 from consumer.signature import from_settings as signature_verifier
@@ -42,7 +42,6 @@ log = structlog.get_logger("consumer.worker")
 # 20 -> 12,200; 10 -> 13,500; 5 -> 14,200; 2 -> 14,100; 1 -> 12,400 (a turn per record).
 DECIDE_SLICE = 5
 EMPTY_RESULT = BatchResult((), ())
-ESTABLISHING_GRACE_S = 5.0
 
 Hook = Callable[[], Awaitable[None]]
 
@@ -100,7 +99,6 @@ class Worker:
         self._committer: Committer | None = None
         self._isolation: Isolation | None = None
         self._committing: asyncio.Task[None] | None = None
-        self._establishing: asyncio.Task[None] | None = None
 
     @property
     def health(self) -> Health:
@@ -148,22 +146,8 @@ class Worker:
             # Rejected credentials and TLS trouble say which setting to fix; the rest is
             # an unreachable broker.
             raise await kafka.connection_problem(self.settings, exc) from None
-        missing = [
-            f"{name} ({variable})"
-            for variable, name in (
-                ("INPUT_TOPIC", self.settings.input_topic),
-                ("NOTIFICATION_TOPIC", self.settings.notification_topic),
-                ("DEAD_LETTER_TOPIC", self.settings.dead_letter_topic),
-            )
-            if name not in existing
-        ]
-        if missing:
-            raise ConfigurationError(
-                f"topic(s) missing on {self.settings.kafka_bootstrap_servers}: "
-                + ", ".join(missing)
-                + ". Create them, or point the variable(s) at existing topics."
-            )
-        self._intake = Intake(consumer, self.settings, self.ownership)
+        kafka.require_topics(self.settings, existing)
+        self._intake = Intake(consumer, self.settings, self.ownership, self.retrier)
         committer: Committer
         if self.settings.transactional:
             # aiokafka internals: the consumer's client reaches the group coordinator.
@@ -179,11 +163,8 @@ class Worker:
         consumer.subscribe([self.settings.input_topic], listener=_Rebalance(self))
 
     async def _close(self, consumer: AIOKafkaConsumer) -> None:
-        if self._establishing is not None:
-            # Usually done in milliseconds; cancelled while aiokafka opens a connection, it
-            # would leave that connection open.
-            await asyncio.wait([self._establishing], timeout=ESTABLISHING_GRACE_S)
-            self._establishing.cancel()
+        if self._intake is not None:
+            await self._intake.close()
         if self._committer is not None:
             await self._committer.stop()
         await consumer.stop()  # leaves the group so the partitions move at once
@@ -208,7 +189,8 @@ class Worker:
                     # and polling after the commit keeps latency at low rates as it was.
                     await self._settled()
                 self.health.alive_at = time.monotonic()
-                self._raise_if_establishing_failed()
+                assert self._intake is not None
+                self._intake.raise_if_positioning_failed()
                 plan = await self._next_plan()
                 if plan is not None and self.hooks.after_classify is not None:
                     await self.hooks.after_classify()
@@ -252,14 +234,6 @@ class Worker:
                 if len(steps) % DECIDE_SLICE == 0:
                     await asyncio.sleep(0)
         return Plan(epoch, steps, trace=trace)
-
-    def _raise_if_establishing_failed(self) -> None:
-        """Reading the positions failed for a reason retrying cannot fix (authorization, a
-        broker too old): without positions the partitions never resume, so stop and say so."""
-        task = self._establishing
-        if task is not None and task.done() and not task.cancelled():
-            self._establishing = None
-            task.result()
 
     def _startable(self, plan: Plan) -> bool:
         startable = not self._stopping.is_set()
@@ -367,47 +341,14 @@ class Worker:
             member = member_of(self._consumer, self.settings.consumer_group)
         epoch = self.ownership.begin(member, assigned)
         assert self._intake is not None
-        self._intake.pause(assigned)
-        self._intake.size_fetches(len(assigned))
-        self._establishing = asyncio.create_task(self._establish(epoch, set(assigned)))
+        self._intake.assigned(epoch, assigned)
         self.telemetry.assigned(assigned)
 
     def _end_epoch(self) -> None:
-        if self._establishing is not None:
-            self._establishing.cancel()
-            self._establishing = None
         assigned = self.ownership.assigned
         self.ownership.end()
         if self._intake is not None:
-            self._intake.forget(assigned)
-
-    async def _establish(self, epoch: Epoch, partitions: set[TopicPartition]) -> None:
-        """Read where each newly assigned partition's work starts, then fetch from there.
-
-        The group's committed offsets are read stable: a transaction still pending (the
-        previous owner's last one) holds them back until its markers land.
-        """
-        assert self._consumer is not None
-        assert self._intake is not None
-        consumer = self._consumer
-        offsets = StableOffsets(consumer._client, self.settings.consumer_group)
-
-        async def read() -> dict[TopicPartition, int]:
-            timeout_s = self.settings.retry_attempt_timeout_s
-            committed = await offsets.read(partitions, timeout_s=timeout_s)
-            found = {tp: offset for tp, offset in committed.items() if offset is not None}
-            if missing := [tp for tp in committed if tp not in found]:
-                # Nothing committed yet: from the start (auto_offset_reset=earliest).
-                found.update(await consumer.beginning_offsets(missing))
-            return found
-
-        positions = await self.retrier.call("broker", read, bounded=False)
-        if self.ownership.established(epoch, positions):
-            self._intake.start_at(positions)
-            log.info(
-                "partitions.positioned",
-                positions={tp.partition: offset for tp, offset in sorted(positions.items())},
-            )
+            self._intake.revoked(assigned)
 
     # -- infrastructure ----------------------------------------------------------------------
 
