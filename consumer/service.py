@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from consumer.config import Settings
+from consumer.config import Settings, unknown_variables
 from consumer.errors import ConsumerError
+from consumer.kafka import ignore_fenced_producer_futures
 from consumer.metrics import Metrics
 from consumer.runtime import tune_garbage_collector
 from consumer.store import open_store
@@ -53,28 +54,38 @@ def _install_signals(loop: asyncio.AbstractEventLoop, on_first: Callable[[], Non
 
 
 async def run_worker(settings: Settings, *, once: bool = False) -> None:
-    """Run until SIGTERM/SIGINT (or drained with `once`); raises ConsumerError on bad start."""
-    store = await open_store(settings.database_url, migrate=settings.migrate_on_start)
-    worker = Worker(settings, store, metrics=Metrics(), hooks=_hooks_from_environment(), burst=once)
-    runner = None
-    if settings.http_port:
-        from consumer.http import serve
+    """Run until SIGTERM/SIGINT (or drained with `once`); raises ConsumerError on bad start.
 
-        runner = await serve(worker, store, settings.http_host, settings.http_port)
-    tune_garbage_collector(settings.gc_gen0_threshold)
-    task = asyncio.ensure_future(worker.run())
+    Whatever fails at start (the store, the HTTP port, Kafka, the topics, the credentials),
+    everything opened before it is closed on the way out: an open SQLite store alone keeps
+    the process alive (aiosqlite's thread), and a failed start must exit.
+    """
+    loop = asyncio.get_running_loop()
+    ignore_fenced_producer_futures(loop)
+    for variable, meant in unknown_variables():
+        log.warning("config.unknown_variable", variable=variable, did_you_mean=meant)
+    async with contextlib.AsyncExitStack() as opened:
+        store = await open_store(
+            settings.database_url, migrate=settings.migrate_on_start, initialise_new=True
+        )
+        opened.push_async_callback(store.close)
+        worker = Worker(
+            settings, store, metrics=Metrics(), hooks=_hooks_from_environment(), burst=once
+        )
+        if settings.http_port:
+            from consumer.http import serve
 
-    def stop_within_bound() -> None:
-        worker.stop()
-        asyncio.get_running_loop().call_later(settings.shutdown_timeout_s, _cancel_late, task)
+            runner = await serve(worker, store, settings.http_host, settings.http_port)
+            opened.push_async_callback(runner.cleanup)
+        tune_garbage_collector(settings.gc_gen0_threshold)
+        task = asyncio.ensure_future(worker.run())
 
-    _install_signals(asyncio.get_running_loop(), stop_within_bound)
-    try:
+        def stop_within_bound() -> None:
+            worker.stop()
+            loop.call_later(settings.shutdown_timeout_s, _cancel_late, task)
+
+        _install_signals(loop, stop_within_bound)
         await _until_done(task)
-    finally:
-        if runner is not None:
-            await runner.cleanup()
-        await store.close()
 
 
 def _cancel_late(task: asyncio.Task[None]) -> None:
