@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import structlog
 
+from consumer.config import DATABASE_URL_FORMS
 from consumer.errors import ConfigurationError
 from consumer.store.base import (
     BatchResult,
@@ -29,20 +30,23 @@ __all__ = [
     "Store",
     "StoreCounts",
     "StoredEntry",
+    "is_new_sqlite",
     "open_store",
     "run_migrations",
 ]
 
 log = structlog.get_logger("consumer.store")
 
-_ACCEPTED = (
-    "DATABASE_URL must be sqlite:///relative/path.db, sqlite:////absolute/path.db, "
-    "sqlite:///:memory: or postgresql://user:password@host:5432/database (postgres:// too)"
-)
+_ACCEPTED = f"DATABASE_URL {DATABASE_URL_FORMS}"
 
 
-async def open_store(url: str, *, migrate: bool = False) -> Store:
-    """Open the store at `url`; migrate its schema first, or refuse one older than the code."""
+async def open_store(url: str, *, migrate: bool = False, initialise_new: bool = False) -> Store:
+    """Open the store at `url`; migrate its schema first, or refuse one older than the code.
+
+    `initialise_new`: an SQLite database without any table (a file just created, or
+    `:memory:`) gets the schema without being asked. It is the embedded default of one
+    process, so nobody else owns its DDL; PostgreSQL keeps the explicit `migrate`.
+    """
     store = await _connect(url)
     try:
         if migrate:
@@ -53,12 +57,24 @@ async def open_store(url: str, *, migrate: bool = False) -> Store:
                     applied=[migration.version for migration in report.applied],
                     version=report.version,
                 )
+        elif initialise_new and isinstance(store, SQLiteStore) and await store.is_empty():
+            report = await store.migrate()
+            log.info("store.initialised", dialect=store.dialect, version=report.version)
         else:
             require_current(await store.schema_version(), store.dialect)
     except BaseException:
         await store.close()
         raise
     return store
+
+
+async def is_new_sqlite(url: str) -> bool:
+    """True when `url` is an SQLite database without any table, which `run` initialises."""
+    store = await _connect(url)
+    try:
+        return isinstance(store, SQLiteStore) and await store.is_empty()
+    finally:
+        await store.close()
 
 
 async def run_migrations(url: str) -> MigrationReport:

@@ -178,6 +178,11 @@ class SQLiteStore:
     @classmethod
     async def connect(cls, path: str) -> SQLiteStore:
         with _translated(path):
+            # Opened once by hand first: when aiosqlite's own open fails, it queues the stop
+            # of its thread without waiting for it, and a process exiting at once closed the
+            # loop under that thread ("Event loop is closed" after our clean error). A file
+            # that cannot be opened now fails here, before aiosqlite starts a thread.
+            await asyncio.to_thread(_open_and_close, path)
             db = await _open(path)
         return cls(db, path)
 
@@ -315,6 +320,14 @@ class SQLiteStore:
         ledger_entries, ledger_points, cards, activated_points = rows[0]
         return StoreCounts(ledger_entries, ledger_points, cards, activated_points)
 
+    async def is_empty(self) -> bool:
+        """True when the database holds no table at all: a file just created, or memory."""
+        async with self._operation():
+            rows = await self._db.execute_fetchall(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1"
+            )
+        return not list(rows)
+
     async def ping(self) -> None:
         async with self._operation():
             await self._db.execute_fetchall("SELECT 1")
@@ -395,6 +408,10 @@ async def _open(path: str) -> aiosqlite.Connection:
         await db.close()
         raise
     return db
+
+
+def _open_and_close(path: str) -> None:
+    sqlite3.connect(path).close()
 
 
 @contextlib.contextmanager
