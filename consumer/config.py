@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from consumer.errors import ConfigurationError
@@ -83,6 +84,24 @@ class Settings(BaseSettings):
     voucherify_webhook_secret_previous: SecretStr | None = None
     voucherify_webhook_secret_previous_file: Path | None = None
     webhook_signature_header: str = Field(DEFAULT_SIGNATURE_HEADER, min_length=1)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _any_case_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _supported_database(cls, value: str) -> str:
+        # Refused here, before anything is contacted; the store parses the same forms.
+        if database_url_problem(value):
+            raise ValueError(DATABASE_URL_FORMS)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -190,6 +209,67 @@ class Settings(BaseSettings):
         if self.kafka_sasl_password_file is not None:
             return self.kafka_sasl_password_file.read_text().strip()
         return None
+
+
+DATABASE_URL_FORMS = (
+    "must be sqlite:///relative/path.db, sqlite:////absolute/path.db, sqlite:///:memory: "
+    "or postgresql://user:password@host:5432/database (postgres:// too)"
+)
+
+
+def database_url_problem(url: str) -> bool:
+    """True when `url` is none of the forms a store is opened from."""
+    scheme, separator, rest = url.partition("://")
+    if scheme in {"postgresql", "postgres"} and separator:
+        return False
+    return not (scheme == "sqlite" and rest.startswith("/") and len(rest) > 1)
+
+
+# Variables the project's own scripts and tests read: near a setting's name, but not typos.
+_OTHER_VARIABLES = frozenset(
+    {
+        "TEST_DATABASE_URL",
+        "KAFKA_PORT",
+        "KAFKA_CONTROLLER_PORT",
+        "KAFKA_HEAP",
+        "KAFKA_VERSION",
+        "KAFKA_RUN_DIR",
+    }
+)
+
+
+def _distance(a: str, b: str, bound: int) -> int:
+    """Levenshtein distance of `a` and `b`, or `bound + 1` once it is known to exceed it."""
+    if abs(len(a) - len(b)) > bound:
+        return bound + 1
+    previous = list(range(len(b) + 1))
+    for i, char in enumerate(a, 1):
+        current = [i]
+        for j, other in enumerate(b, 1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char != other))
+            )
+        if min(current) > bound:
+            return bound + 1
+        previous = current
+    return previous[-1]
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(variable, the setting it was probably meant to be) for each variable of the
+    environment that is not a setting but within two edits of one's name: a typo that would
+    otherwise leave the default in force without a word. Only names are returned, never values.
+    """
+    names = {name.upper() for name in Settings.model_fields}
+    found = []
+    for variable in sorted((environ if environ is not None else os.environ).keys()):
+        upper = variable.upper()
+        if upper in names or upper in _OTHER_VARIABLES or len(upper) < 8:
+            continue
+        close = sorted((_distance(upper, name, 2), name) for name in names)
+        if close and close[0][0] <= 2:
+            found.append((variable, close[0][1]))
+    return found
 
 
 # Settings whose values an error never shows: credentials, or a URL that may embed one.
