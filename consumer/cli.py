@@ -37,12 +37,18 @@ def main() -> None:
     """Voucherify pending-points activations, from Kafka to balances and notifications."""
 
 
-def _settings() -> Settings:
-    """The settings from the environment, or exit 1 with what to fix."""
+def _settings(*, quiet_libraries: bool = True) -> Settings:
+    """The settings from the environment, or exit 1 with what to fix; logging set up from them.
+
+    Commands that end with one line naming their problem keep the libraries' warnings about
+    it (aiokafka's, one per connection attempt) to themselves: `quiet_libraries`.
+    """
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigurationError as exc:
         raise click.ClickException(str(exc)) from None
+    logs.configure(settings.log_format, settings.log_level, quiet_libraries=quiet_libraries)
+    return settings
 
 
 def _fail(exc: BaseException) -> NoReturn:
@@ -54,8 +60,7 @@ def _fail(exc: BaseException) -> NoReturn:
 @click.option("--once", is_flag=True, help="Stop by itself once the input is drained.")
 def run(once: bool) -> None:
     """Consume the input topic until SIGTERM/SIGINT (or until drained with --once)."""
-    settings = _settings()
-    logs.configure(settings.log_format, settings.log_level)
+    settings = _settings(quiet_libraries=False)
     try:
         asyncio.run(run_worker(settings, once=once))
     except ConsumerError as exc:
@@ -247,6 +252,7 @@ def _verdict_text(name: str, verdict: Verdict, signed: str = "") -> str:
 )
 def migrate(database_url: str) -> None:
     """Apply the pending schema migrations to the store, then exit."""
+    logs.configure(quiet_libraries=True)
     try:
         report = asyncio.run(run_migrations(database_url))
     except ConsumerError as exc:

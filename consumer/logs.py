@@ -56,11 +56,57 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
-def configure(log_format: str = "auto", level: str = "INFO") -> None:
+# aiokafka logs at ERROR what it then retries by itself (a connection attempt, a metadata
+# refresh, a heartbeat, a coordinator lookup) or raises to us, and we say what it means: at
+# start our own error names the setting to fix, while running our retry events and /readyz
+# tell the state. Its line is context, a warning. Only its "Unexpected error" reports (a bug
+# in the library, always logged with the exception) stay errors.
+_LIBRARIES = ("aiokafka", "asyncpg", "aiosqlite")
+# A group coordinator that is not available yet (a broker just started, the offsets topic
+# being created, a coordinator moving) is aiokafka's normal path to finding one; it retries.
+# The template of aiokafka's line (aiokafka/consumer/group_coordinator.py), matched exactly.
+_COORDINATOR_LOOKUP = "Group Coordinator Request failed: %s"
+
+
+class LibraryLevels(logging.Filter):
+    """Gives the libraries' records the level they have for an operator (see above), then
+    passes those at `threshold` or above. (A handler compares a record with its own level
+    before its filters run, so the comparison is made here, after the new level is set.)"""
+
+    def __init__(self, threshold: int) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self._relevel(record)
+        return record.levelno >= self.threshold
+
+    @staticmethod
+    def _relevel(record: logging.LogRecord) -> None:
+        if record.levelno != logging.ERROR or not record.name.startswith(_LIBRARIES):
+            return
+        if record.exc_info:
+            return
+        transient_lookup = (
+            record.msg == _COORDINATOR_LOOKUP
+            and bool(record.args)
+            and isinstance(record.args, tuple)
+            and bool(getattr(record.args[0], "retriable", False))
+        )
+        record.levelno = logging.INFO if transient_lookup else logging.WARNING
+        record.levelname = logging.getLevelName(record.levelno)
+
+
+def configure(
+    log_format: str = "auto", level: str = "INFO", *, quiet_libraries: bool = False
+) -> None:
     """Set up structlog for the process; logs go to stderr, data to stdout.
 
-    Libraries' standard-library records (aiokafka, asyncpg, aiohttp) go through the same
-    redaction and renderer, so the stream stays one format.
+    Libraries' standard-library records (aiokafka, asyncpg, aiosqlite, aiohttp, asyncio) go
+    through the same redaction and renderer, so the stream stays one format, at the level
+    `LibraryLevels` gives them, when that is at least `level`. A command that ends with one
+    line naming its problem sets `quiet_libraries`, keeping only their errors: the library's
+    lines about the same failure would only repeat it.
     """
     use_console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
     renderer: Any = (
@@ -98,5 +144,7 @@ def configure(log_format: str = "auto", level: str = "INFO") -> None:
             ],
         )
     )
-    # Libraries speak at WARNING and above; their INFO chatter is not ours to ship.
+    handler.addFilter(LibraryLevels(logging.ERROR if quiet_libraries else getattr(logging, level)))
+    # Libraries' loggers pass WARNING and above (their INFO chatter is not ours to ship);
+    # ERROR records lowered to INFO are shown when LOG_LEVEL is INFO, and only then.
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
