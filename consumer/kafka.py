@@ -114,8 +114,10 @@ async def connection_problem(settings: Settings, error: BaseException) -> Consum
                 "KAFKA_SECURITY_PROTOCOL and, if the broker wants a client certificate, "
                 "KAFKA_SSL_CERTFILE and KAFKA_SSL_KEYFILE"
             )
-        except KafkaConnectionError:
-            hung_up = True  # a listener took the connection, then closed it
+        except (KafkaConnectionError, ConnectionResetError, ConnectionAbortedError):
+            # A listener took the connection, then closed it. A TLS handshake with a
+            # PLAINTEXT listener ends this way (reset mid-handshake, no TLS error).
+            hung_up = True
             continue
         except (KafkaError, OSError, TimeoutError, ValueError):
             continue
@@ -193,6 +195,42 @@ def as_consumer_error(exc: BaseException) -> BaseException:
 def _host_and_port(server: str) -> tuple[str, int]:
     host, colon, port = server.strip().rpartition(":")
     return (host.strip("[]"), int(port)) if colon else (port, 9092)  # Kafka's default port
+
+
+_NEVER_RETRIEVED = "Future exception was never retrieved"
+
+
+def ignore_fenced_producer_futures(loop: asyncio.AbstractEventLoop) -> None:
+    """Keep aiokafka's leftover copies of a ProducerFenced out of the operator's errors.
+
+    Relies on aiokafka's internals (0.14, tests/test_operating.py and tests/test_kafka_noise.py
+    check it). When a transactional producer is fenced, its sender task dies with
+    ProducerFenced, and `Sender._fail_all` hands that exception to every future it holds:
+    `TransactionManager.fatal_error` sets it on the transaction waiter (a fresh future when
+    the old one was done) and on pending offset futures, `MessageBatch.failure` on a batch's
+    drain waiter. Nothing awaits those once the caller has seen its own send fail, so asyncio
+    reports each one, at ERROR, when it is collected. The worker has already logged the
+    fencing (`partition.fenced`) and handed the partition on; these reports say nothing new.
+    Exactly that case is dropped: a plain future (not a task) never retrieved, holding a
+    ProducerFenced. Every other report goes to the default handler, and to our log.
+    """
+    default = loop.get_exception_handler()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        future = context.get("future")
+        if (
+            context.get("message") == _NEVER_RETRIEVED
+            and type(context.get("exception")) is ProducerFenced
+            and isinstance(future, asyncio.Future)
+            and not isinstance(future, asyncio.Task)
+        ):
+            return
+        if default is not None:
+            default(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
 
 
 FETCH_BYTES_PER_PARTITION = 4 * 1024 * 1024

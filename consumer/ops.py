@@ -9,9 +9,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from consumer import kafka, signature
-from consumer.config import Settings
-from consumer.errors import BrokerUnavailable, ConsumerError
-from consumer.store import open_store
+from consumer.config import Settings, unknown_variables
+from consumer.errors import BrokerUnavailable, ConfigurationError, ConsumerError, SchemaOutOfDate
+from consumer.store import is_new_sqlite, open_store
 
 
 async def publish_records(
@@ -30,6 +30,14 @@ async def publish_records(
         raise await kafka.connection_problem(settings, exc) from None
     placed = []
     try:
+        # aiokafka waits for a missing topic until its metadata timeout (a minute), logging
+        # every refresh; one look at the cluster's metadata settles it at once.
+        metadata = await producer.client.fetch_all_metadata()
+        if topic not in metadata.topics():
+            raise ConfigurationError(
+                f"topic {topic} does not exist on {settings.kafka_bootstrap_servers}; create "
+                "it, or name an existing one with --topic (default: INPUT_TOPIC)"
+            )
         for _name, value in payloads:
             meta = await producer.send_and_wait(
                 topic, value=value, key=key.encode() if key else None, partition=partition
@@ -50,6 +58,10 @@ class CheckReport:
     def ok(self, line: str) -> None:
         self.report.append(f"ok    {line}")
 
+    def warn(self, line: str) -> None:
+        """A line worth a look that does not fail the check."""
+        self.report.append(f"warn  {line}")
+
     def fail(self, line: str) -> None:
         self.report.append(f"FAIL  {line}")
         self.failed = True
@@ -60,6 +72,8 @@ async def check_dependencies(settings: Settings) -> CheckReport:
     report = CheckReport()
     report.ok("configuration")
     report.ok(f"signatures: {_signature_state(settings)}")
+    for variable, meant in unknown_variables():
+        report.warn(f"{variable} is not a setting and is ignored: did you mean {meant}?")
     await _check_kafka(settings, report)
     await _check_store(settings, report)
     return report
@@ -110,6 +124,12 @@ async def _check_kafka(settings: Settings, report: CheckReport) -> None:
 async def _check_store(settings: Settings, report: CheckReport) -> None:
     try:
         store = await open_store(settings.database_url, migrate=False)
+    except SchemaOutOfDate as exc:
+        if await is_new_sqlite(settings.database_url):
+            report.ok("store: a new SQLite database; `loyalty-consumer run` creates its schema")
+        else:
+            report.fail(f"store: {exc}")
+        return
     except ConsumerError as exc:
         report.fail(f"store: {exc}")
         return
