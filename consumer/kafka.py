@@ -203,7 +203,7 @@ _NEVER_RETRIEVED = "Future exception was never retrieved"
 def ignore_fenced_producer_futures(loop: asyncio.AbstractEventLoop) -> None:
     """Keep aiokafka's leftover copies of a ProducerFenced out of the operator's errors.
 
-    Relies on aiokafka's internals (0.14, tests/test_operating.py and tests/test_kafka_noise.py
+    Relies on aiokafka's internals (0.14, tests/test_operating.py and tests/test_library_noise.py
     check it). When a transactional producer is fenced, its sender task dies with
     ProducerFenced, and `Sender._fail_all` hands that exception to every future it holds:
     `TransactionManager.fatal_error` sets it on the transaction waiter (a fresh future when
