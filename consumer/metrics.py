@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Sequence
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from consumer import __version__
+from consumer.store.base import CardState
 
 PREFIX = "loyalty_consumer"
 
@@ -54,9 +67,32 @@ class Metrics:
         self.retries = Counter(
             f"{PREFIX}_retries", "Retries of transient failures.", ["cause"], registry=r
         )
+        # The standard process_*, python_info and python_gc_* series: memory, CPU, file
+        # descriptors, and what the tuned collector (consumer.runtime) does.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.build_info = Gauge(
+            f"{PREFIX}_build_info", "Always 1; the release in its label.", ["version"], registry=r
+        )
+        self.build_info.labels(__version__).set(1)
+        self.card_updates = Counter(
+            f"{PREFIX}_card_updates",
+            "Card balances changed by committed batches, one per card and batch.",
+            registry=r,
+        )
         self.balance_drift = Counter(
             f"{PREFIX}_balance_drift",
-            "Applied activations whose card's reported balance differs from our activated total.",
+            "Card updates that left Voucherify's reported balance different from our activated "
+            "total: ahead (Voucherify has more: activations we have not applied) or behind "
+            "(less: redemptions and expirations, which we never see).",
+            ["direction"],
+            registry=r,
+        )
+        self.balance_drift_points = Counter(
+            f"{PREFIX}_balance_drift_points",
+            "The absolute drift of those card updates, summed, by direction.",
+            ["direction"],
             registry=r,
         )
         self.batch_size = Histogram(
@@ -89,17 +125,40 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge(f"{PREFIX}_ready", "1 when /readyz answers ready.", registry=r)
-        self.balance_drift_points = Gauge(
-            f"{PREFIX}_balance_drift_points",
-            "Absolute drift (reported balance - activated total) of the card updated last.",
-            registry=r,
-        )
 
         # Every label value exists from the start, so that increase() sees the first event.
         for reason_class in ("invalid", "persistent"):
             self.dead_lettered.labels(reason_class)
         for cause in ("store", "broker"):
             self.retries.labels(cause)
+        self._drift = {d: self.balance_drift.labels(d) for d in ("ahead", "behind")}
+        self._drift_points = {d: self.balance_drift_points.labels(d) for d in ("ahead", "behind")}
+
+    def observe_card_drift(self, cards: Sequence[CardState]) -> None:
+        """Count a batch's card updates and those it left drifting, by direction.
+
+        What an operator can act on: the share of card updates left *ahead* (Voucherify holds
+        points we never applied) rising against its baseline means activations are missing
+        on our side (dead letters, webhooks the bridge did not publish); *behind* is the
+        normal trace of redemptions. Counted in one pass, four increments a batch: drift is
+        the rule, not the exception, on a busy card.
+        """
+        ahead = behind = ahead_points = behind_points = 0
+        for card in cards:
+            drift = card.drift
+            if drift > 0:
+                ahead += 1
+                ahead_points += drift
+            elif drift < 0:
+                behind += 1
+                behind_points -= drift
+        self.card_updates.inc(len(cards))
+        if ahead:
+            self._drift["ahead"].inc(ahead)
+            self._drift_points["ahead"].inc(ahead_points)
+        if behind:
+            self._drift["behind"].inc(behind)
+            self._drift_points["behind"].inc(behind_points)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """The current value of one sample (tests and the demo read counters this way)."""

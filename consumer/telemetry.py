@@ -176,12 +176,10 @@ class Telemetry:
         additions), so drift is common: a line per card cost about a twelfth of the worker's
         CPU on the bench's workload. The counter still counts every card.
         """
-        if cards:
-            self.metrics.balance_drift_points.set(abs(cards[-1].drift))
+        self.metrics.observe_card_drift(cards)
         drifting = {card.voucher_id: card.drift for card in cards if card.drift}
         if not drifting:
             return
-        self.metrics.balance_drift.inc(len(drifting))
         shown = dict(itertools.islice(drifting.items(), MAX_DRIFT_LOGGED))
         log.info("card.balance_drift", cards=len(drifting), drift=shown)
 
