@@ -98,6 +98,7 @@ def _cloudevents_headers() -> dict[str, Any]:
             "ce_source",
             "ce_type",
             "ce_time",
+            "ce_partitionkey",
             "content-type",
         ],
         "properties": {
@@ -118,6 +119,11 @@ def _cloudevents_headers() -> dict[str, Any]:
                 "description": "When the points were activated (UTC); equals `activated_at`.",
             },
             "ce_subject": {"type": "string", "description": "The Voucherify transaction id."},
+            "ce_partitionkey": {
+                "type": "string",
+                "description": "The CloudEvents partitionkey extension: the customer id, the "
+                "same as the record key (the Kafka binding sends both).",
+            },
             "content-type": {"const": "application/json"},
             "traceparent": {
                 **TRACE_CONTEXT_HEADERS["traceparent"],

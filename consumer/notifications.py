@@ -152,6 +152,7 @@ def record_of_body(body: dict[str, Any], *, source: str = DEFAULT_SOURCE) -> Kaf
     second validation of fields `classify` has already checked.
     """
     transaction_id: str = body["voucherify"]["transaction_id"]
+    key = str(body["customer"]["id"]).encode()
     headers = [
         ("ce_specversion", b"1.0"),
         ("ce_id", str(body["notification_id"]).encode()),
@@ -159,11 +160,13 @@ def record_of_body(body: dict[str, Any], *, source: str = DEFAULT_SOURCE) -> Kaf
         ("ce_type", str(body["type"]).encode()),
         ("ce_time", _timestamp(body["activated_at"])),
         ("ce_subject", transaction_id.encode()),
+        # The CloudEvents Kafka binding: a key taken from the `partitionkey` extension is
+        # still sent as that attribute, and SDKs read the key back as `partitionkey`.
+        ("ce_partitionkey", key),
         ("content-type", b"application/json"),
     ]
     value = orjson.dumps(body, option=_JSON_OPTIONS)
-    key: str = body["customer"]["id"]
-    return KafkaRecord(key=key.encode(), value=value, headers=headers)
+    return KafkaRecord(key=key, value=value, headers=headers)
 
 
 def output_json_schema() -> dict[str, Any]:

@@ -90,6 +90,7 @@ def test_the_record_is_keyed_by_customer_with_cloudevents_headers(
         "ce_type": b"loyalty.pending_points.activated.v1",
         "ce_time": b"2025-01-08T14:08:34.127000Z",
         "ce_subject": SEED_TRANSACTION.encode(),
+        "ce_partitionkey": b"cust_KiZa6C6R30sgqqpU76o6B7u0",
         "content-type": b"application/json",
     }
     assert len(record.headers) == len(dict(record.headers))
