@@ -41,5 +41,8 @@ if [ -z "${TOXIPROXY_URL:-}" ]; then
   if TOXIPROXY_URL="$(bash scripts/toxiproxy.sh up)"; then export TOXIPROXY_URL; fi
 fi
 
+# promtool runs the alert rules' unit tests (tests/test_deploy.py); fetched once when missing.
+if [ -z "${PROMTOOL:-}" ] && PROMTOOL="$(bash scripts/promtool.sh)"; then export PROMTOOL; fi
+
 echo "== tests"
 $BIN/pytest "$@"

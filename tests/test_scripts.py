@@ -130,3 +130,21 @@ def test_toxiproxy_without_go_says_so_in_one_line_with_the_fix(tmp_path: Path) -
     assert len(lines) == 1, result.stderr
     assert "go not found" in lines[0]
     assert "apt-get install -y golang-go" in lines[0]
+
+
+def test_promtool_script_gives_a_working_promtool_and_fetches_it_once() -> None:
+    script = ["bash", str(ROOT / "scripts" / "promtool.sh")]
+    first = subprocess.run(script, capture_output=True, text=True, timeout=300, check=False)
+    if first.returncode != 0:
+        message = f"scripts/promtool.sh could not provide promtool: {first.stderr.strip()}"
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+    again = subprocess.run(script, capture_output=True, text=True, timeout=30, check=True)
+
+    path = first.stdout.strip()
+    assert again.stdout.strip() == path
+    assert again.stderr == ""  # nothing fetched the second time
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    assert "promtool, version" in version.stdout + version.stderr
