@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -31,9 +33,8 @@ async def publish_records(
     placed = []
     try:
         # aiokafka waits for a missing topic until its metadata timeout (a minute), logging
-        # every refresh; one look at the cluster's metadata settles it at once.
-        metadata = await producer.client.fetch_all_metadata()
-        if topic not in metadata.topics():
+        # every refresh; a look at the cluster's metadata settles it at once.
+        if not await _topic_exists(producer, topic):
             raise ConfigurationError(
                 f"topic {topic} does not exist on {settings.kafka_bootstrap_servers}; create "
                 "it, or name an existing one with --topic (default: INPUT_TOPIC)"
@@ -48,6 +49,20 @@ async def publish_records(
     finally:
         await producer.stop()
     return placed
+
+
+# A topic created a moment ago may reach a broker's metadata a moment later.
+_TOPIC_LOOKS = 3
+_TOPIC_LOOK_INTERVAL_S = 0.3
+
+
+async def _topic_exists(producer: AIOKafkaProducer, topic: str) -> bool:
+    for look in range(_TOPIC_LOOKS):
+        if look:
+            await asyncio.sleep(_TOPIC_LOOK_INTERVAL_S)
+        if topic in (await producer.client.fetch_all_metadata()).topics():
+            return True
+    return False
 
 
 @dataclass

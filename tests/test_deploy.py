@@ -194,7 +194,7 @@ def runbook_base_url() -> str:
     """The one setting behind every alert's runbook link (kustomization.yaml)."""
     (generator,) = load_yaml(K8S / "kustomization.yaml")["configMapGenerator"]
     literals = dict(literal.split("=", 1) for literal in generator["literals"])
-    return literals["runbook-base-url"]
+    return str(literals["runbook-base-url"])
 
 
 def input_partitions_documented() -> int:
