@@ -410,6 +410,20 @@ async def test_run_initialises_a_new_sqlite_store_by_itself(
         await store.close()
 
 
+async def test_check_calls_a_new_sqlite_store_fine_since_run_initialises_it(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    env = _environment(kafka_bootstrap, topics, f"sqlite:///{tmp_path / 'loyalty.db'}")
+
+    result = await _run_async(env, "check")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        "ok    store: a new SQLite database; `loyalty-consumer run` creates its schema"
+        in result.stdout.splitlines()
+    )
+
+
 async def test_an_empty_postgresql_still_needs_an_explicit_migrate(
     kafka_bootstrap: str, topics: Topics, postgres_url: str
 ) -> None:
