@@ -22,6 +22,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from consumer.store import open_store
+from consumer.store.schema import expected_version
 from tests import workload
 from tests.kafkautil import produce, read_committed
 from tests.workers import Topics, settings_for
@@ -402,7 +403,7 @@ async def test_run_initialises_a_new_sqlite_store_by_itself(
 
     assert result.returncode == 0, result.stderr
     initialised = [e for e in _events(result.stderr) if e["event"] == "store.initialised"]
-    assert [e["version"] for e in initialised] == [1]
+    assert [e["version"] for e in initialised] == [expected_version("sqlite")]
     store = await open_store(f"sqlite:///{path}")
     try:
         assert (await store.counts()).ledger_entries == 1
