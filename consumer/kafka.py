@@ -209,8 +209,9 @@ def ignore_fenced_producer_futures(loop: asyncio.AbstractEventLoop) -> None:
     `TransactionManager.fatal_error` sets it on the transaction waiter (a fresh future when
     the old one was done) and on pending offset futures, `MessageBatch.failure` on a batch's
     drain waiter. Nothing awaits those once the caller has seen its own send fail, so asyncio
-    reports each one, at ERROR, when it is collected. The worker has already logged the
-    fencing (`partition.fenced`) and handed the partition on; these reports say nothing new.
+    reports each one, at ERROR, when it is collected. The worker has already handled and
+    logged the fencing itself (a new producer and a retry, or the batch dropped with
+    `partition.fenced`); these reports say nothing new.
     Exactly that case is dropped: a plain future (not a task) never retrieved, holding a
     ProducerFenced. Every other report goes to the default handler, and to our log.
     """
