@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
 from consumer import __version__
 from consumer.metrics import Metrics
 from consumer.store.base import CardState
@@ -45,3 +48,18 @@ def test_drift_is_counted_per_card_update_by_direction() -> None:
 
 def test_the_release_is_exported_as_build_info() -> None:
     assert Metrics().value("loyalty_consumer_build_info", {"version": __version__}) == 1
+
+
+def test_the_scrape_carries_the_process_the_collector_and_the_release() -> None:
+    text = generate_latest(Metrics().registry).decode()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+    assert samples[("loyalty_consumer_build_info", (("version", __version__),))] == 1
+    assert samples[("process_resident_memory_bytes", ())] > 1_000_000
+    assert samples[("process_cpu_seconds_total", ())] > 0
+    assert ("python_gc_collections_total", (("generation", "0"),)) in samples
+    assert any(name == "python_info" for name, _ in samples)
