@@ -50,6 +50,7 @@ class Intake:
         self._next: dict[TopicPartition, int] = {}
         self._held = False  # paused while the infrastructure is retried
         self._positioning: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def poll(self) -> Polled | None:
         """The next records, per partition in offset order, and the epoch they belong to."""
@@ -116,6 +117,10 @@ class Intake:
         assignment callback must not wait, aiokafka sends no heartbeats during it)."""
         self.pause(partitions)
         self.size_fetches(len(partitions))
+        if self._closing:
+            # An assignment completing while the consumer leaves the group: nothing will be
+            # fetched, and a read started now would outlive the consumer's connections.
+            return
         self._positioning = asyncio.create_task(self._position(epoch, set(partitions)))
 
     def revoked(self, partitions: Iterable[TopicPartition]) -> None:
@@ -133,6 +138,7 @@ class Intake:
             task.result()
 
     async def close(self) -> None:
+        self._closing = True
         if self._positioning is not None:
             await asyncio.wait([self._positioning], timeout=POSITIONING_GRACE_S)
             self._positioning.cancel()
