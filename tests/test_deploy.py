@@ -83,6 +83,7 @@ COUNTERS = [
     "loyalty_consumer_applied_total",
     "loyalty_consumer_duplicates_total",
     "loyalty_consumer_replays_total",
+    "loyalty_consumer_owed_notifications_sent_total",
     "loyalty_consumer_skipped_total",
     "loyalty_consumer_dead_lettered_total",
     "loyalty_consumer_retries_total",
