@@ -74,9 +74,10 @@ CONTRACT_ENV = frozenset(
         "KAFKA_SSL_CAFILE",
         "KAFKA_SSL_CERTFILE",
         "KAFKA_SSL_KEYFILE",
+        "VOUCHERIFY_WEBHOOK_SECRET",
     }
 )
-SECRET_ENV = frozenset({"DATABASE_URL", "KAFKA_SASL_PASSWORD"})
+SECRET_ENV = frozenset({"DATABASE_URL", "KAFKA_SASL_PASSWORD", "VOUCHERIFY_WEBHOOK_SECRET"})
 
 COUNTERS = [
     "loyalty_consumer_records_consumed_total",
@@ -743,6 +744,11 @@ def test_secrets_reach_the_worker_from_the_secret_only() -> None:
         reference = env[name]["valueFrom"]["secretKeyRef"]
         assert reference["name"] == "loyalty-consumer-secrets"
         assert reference["key"] in secret_keys
+    # Optional: verification is on only where the Secret holds a webhook secret.
+    webhook = env["VOUCHERIFY_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert webhook["name"] == "loyalty-consumer-secrets"
+    assert webhook["optional"] is True
+    assert webhook["key"] in EXAMPLE_SECRET.read_text(encoding="utf-8")
     assert all("value" not in entry for entry in env.values()), "no literal values in env"
 
     # The SASL password is a file from the same Secret, in a directory (not subPath) mount.
